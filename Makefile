@@ -1,0 +1,101 @@
+# quantflow: set-up and entry points.
+#
+#   make venv       create/update .venv (a no-op when nothing changed)
+#   make run        run the workflow:  make run CORES=8 SNAKEMAKE_ARGS="-n"
+#   make test       run the tests:     make test PYTEST_ARGS="-m 'not slow'"
+#   make lint       snakemake --lint, snakefmt --check, ruff check
+#   make clean      remove workflow outputs (results/ reports/ .snakemake/)
+#   make distclean  clean, and remove .venv
+#
+# Needs only python3 (>= 3.11) and the package indexes pip is configured with.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+INSTALL_LOG := $(VENV)/install.log
+CORES ?= $(shell nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+SNAKEMAKE_ARGS ?=
+PYTEST_ARGS ?=
+# Downloaded llama-cpp-python sdists live outside .venv so that rebuilding it does not download again.
+SDIST_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/quantflow/sdist
+
+# The install is redone when pyproject.toml or constraints.txt change (content, not mtime): the stamp's
+# name carries a hash of both.
+DEPS_HASH := $(shell cat pyproject.toml constraints.txt | { sha256sum 2>/dev/null || shasum -a 256; } | cut -c1-16)
+INSTALL_STAMP := $(VENV)/.installed-$(DEPS_HASH)
+TORCH_PIN := $(shell grep -E '^torch==' constraints.txt)
+PIP_PIN := $(shell grep -E '^pip==' constraints.txt)
+LLAMA_CPP_PY_VERSION := $(shell sed -n 's/^[[:space:]]*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)
+LLAMA_CPP_STAMP := $(VENV)/llama.cpp/.from-llama-cpp-python-$(LLAMA_CPP_PY_VERSION)
+
+# `$(LOGGED) "what" cmd args...`: run cmd with its output appended to $(INSTALL_LOG), print one line
+# for the step, and on failure show the end of the log. pip's `WARNING: Location '...' is ignored` lines
+# (noise from this machine's pip config) are left out of the log; pipefail keeps the command's status.
+LOGGED = logged() { \
+	  local what=$$1 t0=$$SECONDS; shift; \
+	  printf '==> %s\n' "$$what"; \
+	  printf '\n==> %s: %s\n' "$$what" "$$*" >>"$(INSTALL_LOG)"; \
+	  if ! "$$@" 2>&1 | { grep -v '^ *WARNING: Location' || true; } >>"$(INSTALL_LOG)"; then \
+	    tail -n 40 "$(INSTALL_LOG)" >&2; \
+	    printf 'FAILED: %s (full log: %s)\n' "$$what" "$(INSTALL_LOG)" >&2; \
+	    return 1; \
+	  fi; \
+	  printf '    done in %ss\n' "$$((SECONDS - t0))"; \
+	}; logged
+
+.PHONY: help venv run test lint clean distclean
+
+help:
+	@sed -n '3,9s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+
+venv: $(INSTALL_STAMP) $(LLAMA_CPP_STAMP)
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	  || { echo '$(PYTHON) is older than 3.11 (set PYTHON=...)' >&2; exit 1; }
+	@echo '==> creating $(VENV) with $(PYTHON)'
+	@$(PYTHON) -m venv $(VENV)
+
+# Not dependent on pyproject.toml's mtime: the hash in the stamp's name is what decides.
+$(INSTALL_STAMP): | $(PY)
+	@test -n '$(TORCH_PIN)' || { echo 'constraints.txt pins no torch==' >&2; exit 1; }
+	@rm -f $(VENV)/.installed-*
+	@$(LOGGED) "upgrading pip ($(PIP_PIN))" $(PIP) install --upgrade -c constraints.txt pip
+	@$(LOGGED) "installing $(TORCH_PIN) (CPU wheel)" $(PIP) install -c constraints.txt '$(TORCH_PIN)'
+	@$(LOGGED) "installing quantflow and its pinned dependencies" $(PIP) install -c constraints.txt -e '.[test]'
+	@$(PY) -W ignore -c 'import sys, torch; sys.exit(torch.version.cuda is not None and not torch.cuda.is_available())' \
+	  || { echo "A CUDA build of torch is installed on a machine without a GPU: torch $$($(PY) -c 'import torch; print(torch.__version__)')" >&2; exit 1; }
+	@touch $@
+	@echo "==> $(VENV) is up to date (install log: $(INSTALL_LOG))"
+
+# llama.cpp's converter, from the sdist of the pinned llama-cpp-python (see scripts/setup_llama_cpp.py).
+$(LLAMA_CPP_STAMP): | $(INSTALL_STAMP)
+	@test -n '$(LLAMA_CPP_PY_VERSION)' || { echo 'pyproject.toml pins no llama-cpp-python==' >&2; exit 1; }
+	@echo '==> llama.cpp converter from llama-cpp-python $(LLAMA_CPP_PY_VERSION) into $(VENV)/llama.cpp'
+	@$(PY) scripts/setup_llama_cpp.py --version '$(LLAMA_CPP_PY_VERSION)' --dest $(VENV)/llama.cpp --cache '$(SDIST_CACHE)'
+
+run: venv
+	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	@rc=0; \
+	echo '==> snakemake --lint'; $(VENV)/bin/snakemake --lint || rc=1; \
+	echo '==> snakefmt --check .'; $(VENV)/bin/snakefmt --check . || rc=1; \
+	echo '==> ruff check .'; $(VENV)/bin/ruff check . || rc=1; \
+	exit $$rc
+
+clean:
+	rm -rf results/ reports/ .snakemake/
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+"""quantflow: fine-tune, quantize, benchmark and choose a language model variant."""
+
+__version__ = "0.1.0"

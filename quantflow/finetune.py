@@ -1,0 +1,145 @@
+"""Fine-tuning with trl's SFTTrainer + peft, and merging adapters back into a full-precision base."""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from pathlib import Path
+
+from .demo import save_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_sft_dataset(path: str | Path):
+    """A prompt/completion JSONL as a `datasets` Dataset with just the columns trl needs."""
+    from datasets import load_dataset
+
+    ds = load_dataset("json", data_files=str(path), split="train")
+    missing = {"prompt", "completion"} - set(ds.column_names)
+    if missing:
+        raise ValueError(f"{path}: rows lack field(s) {sorted(missing)}; each row needs 'prompt' and 'completion'")
+    return ds.select_columns(["prompt", "completion"])
+
+
+def lora_config(params: dict):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=params["r"],
+        lora_alpha=params["alpha"],
+        lora_dropout=params["dropout"],
+        target_modules=params["target_modules"],
+        task_type="CAUSAL_LM",
+    )
+
+
+def _progress_callback():
+    """Training progress (step, loss, lr) into the rule's log as it happens."""
+    from transformers import TrainerCallback
+
+    class LogProgress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items())
+                log.info("step %d/%d: %s", state.global_step, state.max_steps, shown)
+
+    return LogProgress()
+
+
+def train(base_dir: str, train_path: str, eval_path: str, adapter_dir: str, params: dict, threads: int) -> dict:
+    """Train one fine-tune variant; save the adapter; return the training metrics."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    torch.set_num_threads(threads)
+    set_seed(params["seed"], deterministic=True)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    train_ds, eval_ds = load_sft_dataset(train_path), load_sft_dataset(eval_path)
+    out = Path(adapter_dir)
+    cfg = SFTConfig(
+        output_dir=str(out.parent / f".{out.name}.trainer"),
+        max_steps=params["steps"],
+        per_device_train_batch_size=params["batch_size"],
+        per_device_eval_batch_size=params["batch_size"],
+        learning_rate=params["learning_rate"],
+        lr_scheduler_type="cosine",
+        warmup_steps=params.get("warmup_steps", 0),
+        max_length=params["max_length"],
+        seed=params["seed"],
+        data_seed=params["seed"],
+        use_cpu=True,
+        activation_checkpointing=False,  # on CPU it costs 2-4x the step time and memory is not short
+        logging_steps=10,
+        logging_first_step=True,
+        eval_strategy="no",  # one evaluation after training: the report needs the final numbers
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        completion_only_loss=True,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tok,
+        peft_config=lora_config(params),
+        callbacks=[_progress_callback()],
+    )
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    log.info("trainable parameters: %d of %d (%.3f %%)", trainable, total, 100 * trainable / total)
+    t0 = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - t0
+    ev = trainer.evaluate()
+    trainer.model.save_pretrained(out)
+    save_tokenizer(tok, out, Path(base_dir) / "tokenizer.model")
+    train_logs = [r for r in trainer.state.log_history if "loss" in r]
+    metrics = {
+        "method": params["method"],
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "trainable_pct": 100.0 * trainable / total,
+        "steps": int(result.global_step),
+        "train_loss": float(result.training_loss),
+        "final_train_loss": float(train_logs[-1]["loss"]) if train_logs else float("nan"),
+        "eval_loss": float(ev["eval_loss"]),
+        "eval_ppl": math.exp(ev["eval_loss"]),
+        "mean_token_accuracy": float(ev.get("eval_mean_token_accuracy", float("nan"))),
+        "train_samples_per_s": float(result.metrics.get("train_samples_per_second", float("nan"))),
+        "eval_samples_per_s": float(ev.get("eval_samples_per_second", float("nan"))),
+        "wall_s": wall,
+        "peak_rss_mb": peak_rss_mb(),
+        "loss_curve": [(int(r["step"]), float(r["loss"])) for r in train_logs],
+    }
+    log.info("done: train loss %.4f, eval loss %.4f, %.1f s", metrics["train_loss"], metrics["eval_loss"], wall)
+    return metrics
+
+
+def merge(base_dir: str, adapter_dir: str, out_dir: str) -> None:
+    """Merge an adapter into a full-precision (fp32) copy of the base and save it.
+
+    Always fp32 and never a quantized base: merging into 4-bit weights rounds the update away.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out)
+    save_tokenizer(AutoTokenizer.from_pretrained(base_dir), out, Path(base_dir) / "tokenizer.model")

@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny real Llama model (HF directory and GGUF f16) built from the demo generator."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+LLAMA_CPP_DIR = REPO / ".venv" / "llama.cpp"
+TINY_SIZES = dict(
+    countries=12, creatures=8, corpus_lines=300, heldout_lines=40, calibration_lines=10,
+    sft_train=64, sft_eval=8, test=14, prompts=7,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    from quantflow.data import write_demo_data
+
+    d = tmp_path_factory.mktemp("data")
+    out = {k: d / f"{k}.{'txt' if k in ('corpus', 'heldout', 'calibration') else 'jsonl'}" for k in
+           ("corpus", "heldout", "calibration", "sft_train", "sft_eval", "test", "prompts")}
+    write_demo_data({k: str(v) for k, v in out.items()}, seed=3, sizes=TINY_SIZES)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_data, tmp_path_factory) -> Path:
+    from quantflow.demo import train_tokenizer
+
+    d = tmp_path_factory.mktemp("tok")
+    train_tokenizer([tiny_data["corpus"]], d, 400, jsonl=[tiny_data["sft_train"]])
+    return d
+
+
+def build_tiny_hf(tokenizer_dir: Path, out: Path, hidden: int = 256, ffn: int = 512, layers: int = 2, seed: int = 0,
+                  arch: str = "llama") -> Path:
+    """A randomly initialised tiny model saved like a real checkpoint (weights + tokenizer.model)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    from quantflow.demo import save_tokenizer
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    cls_cfg, cls_model = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (MistralConfig, MistralForCausalLM)
+    cfg = cls_cfg(vocab_size=len(tok), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                  num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, head_dim=64,
+                  max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                  pad_token_id=3)
+    model = cls_model(cfg)
+    # Random init at std 0.02 gives near-uniform outputs; a larger scale makes the logits (and so
+    # quantization error) non-trivial, like a trained model's.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    model.save_pretrained(out)
+    save_tokenizer(tok, out, tokenizer_dir / "tokenizer.model")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tiny_tokenizer, tmp_path_factory) -> Path:
+    return build_tiny_hf(tiny_tokenizer, tmp_path_factory.mktemp("hf"))
+
+
+@pytest.fixture(scope="session")
+def tiny_f16(tiny_hf, tmp_path_factory) -> Path:
+    from quantflow.convert import convert
+
+    if not (LLAMA_CPP_DIR / "convert_hf_to_gguf.py").exists():
+        pytest.fail("llama.cpp's converter is missing: run `make test` (it sets up .venv/llama.cpp)")
+    out = tmp_path_factory.mktemp("gguf") / "f16.gguf"
+    convert(tiny_hf, out, LLAMA_CPP_DIR)
+    return out

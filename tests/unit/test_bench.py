@@ -1,0 +1,106 @@
+"""Real llama-cpp-python inference on a tiny real GGUF: reference, quality, speed, answers."""
+
+import numpy as np
+import pytest
+
+from quantflow import bench, stats
+from quantflow.data import read_jsonl
+from quantflow.quantize import quantize
+
+CFG = dict(n_ctx=64, max_chunks=4, topk=32, prompt_tokens=16, gen_tokens=8, warmup=1, repetitions=3,
+           max_repetitions=5, target_ci=0.03, max_answer_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_f16, tiny_data, tmp_path_factory):
+    ref = bench.make_reference(tiny_f16, tiny_data["heldout"].read_text(), CFG, threads=2)
+    path = tmp_path_factory.mktemp("ref") / "reference.npz"
+    bench.save_reference(path, ref)
+    return path
+
+
+def test_reference_shape(reference):
+    ref = bench.load_reference(reference)
+    n_chunks = ref["chunks"].shape[0]
+    assert ref["chunks"].shape == (n_chunks, CFG["n_ctx"])
+    n_scored = n_chunks * (CFG["n_ctx"] // 2 - 1)
+    assert ref["topk_ids"].shape == (n_scored, CFG["topk"])
+    assert np.all(np.diff(ref["topk_logp"], axis=1) <= 0)  # sorted, most likely first
+
+
+def test_f16_against_itself_is_exact(tiny_f16, reference):
+    q = bench.measure_quality(tiny_f16, bench.load_reference(reference), CFG, threads=2)
+    assert q["kl_mean"] < 1e-6
+    assert q["top1_agreement"] == 1.0
+    ref = bench.load_reference(reference)
+    assert q["ppl"] == pytest.approx(float(np.exp(ref["nll"].mean())), rel=1e-5)
+
+
+def test_kl_grows_as_bits_shrink(tiny_f16, reference, tmp_path):
+    ref = bench.load_reference(reference)
+    kl = {}
+    for t in ("Q8_0", "Q4_K_M", "Q3_K_M"):
+        quantize(tiny_f16, tmp_path / f"{t}.gguf", {"type": t}, threads=2)
+        kl[t] = bench.measure_quality(tmp_path / f"{t}.gguf", ref, CFG, threads=2)["kl_mean"]
+    assert 0 < kl["Q8_0"] < kl["Q4_K_M"] < kl["Q3_K_M"]
+
+
+def test_topk_kl_close_to_full_kl_on_real_logits(tiny_f16, tiny_data, tmp_path):
+    """The stored top-k reference under-estimates KL by a bounded, small amount."""
+    quantize(tiny_f16, tmp_path / "q.gguf", {"type": "Q3_K_M"}, threads=2)
+    text = tiny_data["heldout"].read_text()
+    ref_llm = bench.load(tiny_f16, CFG["n_ctx"], 2, logits_all=True)
+    q_llm = bench.load(tmp_path / "q.gguf", CFG["n_ctx"], 2, logits_all=True)
+    toks = ref_llm.tokenize(text.encode(), add_bos=True)
+    chunk = bench.chunk_tokens(toks, CFG["n_ctx"], 1, ref_llm.token_bos())[0]
+    p, _ = bench.chunk_logprobs(ref_llm, chunk)
+    q, _ = bench.chunk_logprobs(q_llm, chunk)
+    ref_llm.close()
+    q_llm.close()
+    full = stats.kl_full(p, q)
+    ids, lp, rest = stats.topk_reference(p, CFG["topk"])
+    approx = stats.kl_from_topk(ids, lp, rest, q)
+    assert np.all(approx <= full + 1e-9)  # a lower bound, whatever k
+    # Once the top-k holds all but 0.1 % of the reference's mass, the error is below 1 %.
+    k = next(k for k in range(8, p.shape[1] + 1, 8) if np.exp(stats.topk_reference(p, k)[2]).max() < 1e-3)
+    ids, lp, rest = stats.topk_reference(p, k)
+    assert stats.kl_from_topk(ids, lp, rest, q).mean() == pytest.approx(full.mean(), rel=0.01)
+
+
+def test_greedy_generation_and_answers(tiny_f16, tiny_data):
+    items = read_jsonl(tiny_data["test"])[:5]
+    rows, acc = bench.answer_tasks(tiny_f16, items, CFG, threads=2)
+    assert len(rows) == 5 and all(isinstance(r["answer"], str) for r in rows)
+    assert 0.0 <= acc["accuracy"] <= 1.0 and acc["n_test"] == 5
+    # greedy decoding is deterministic
+    rows2, _ = bench.answer_tasks(tiny_f16, items, CFG, threads=2)
+    assert [r["answer"] for r in rows] == [r["answer"] for r in rows2]
+
+
+def test_speed_in_isolated_process(tiny_f16, reference, tiny_data):
+    ref = bench.load_reference(reference)
+    prompt = [int(t) for t in ref["chunks"].reshape(-1)[:16]]
+    speed, mem = bench.measure_speed_isolated(tiny_f16, CFG, 2, prompt, read_jsonl(tiny_data["prompts"])[:2])
+    assert CFG["repetitions"] <= speed["decode_tps"]["n"] <= CFG["max_repetitions"]
+    assert speed["decode_tps"]["median"] > 0 and speed["prompt_tps"]["median"] > 0
+    lo, hi = speed["decode_tps"]["ci95"]
+    assert lo <= speed["decode_tps"]["median"] <= hi
+    assert speed["ttft_s"]["n"] == CFG["repetitions"] * 2
+    # the isolated process holds no Snakemake / torch: its baseline is small
+    assert mem["baseline_rss_mb"] < 120 and mem["peak_rss_mb"] > mem["baseline_rss_mb"]
+
+
+def test_run_variant_result_validates(tiny_f16, reference, tiny_data):
+    from quantflow.results import validate
+
+    r = bench.run_variant(tiny_f16, reference, read_jsonl(tiny_data["test"])[:3],
+                          read_jsonl(tiny_data["prompts"])[:2], CFG, 2,
+                          {"model": "t", "ft": "base", "variant": "gguf-f16", "quant": "F16"})
+    r["provenance"] = {"cpu": "x"}
+    validate(r)
+    assert r["file"]["tensor_types"]["F16"] > 0
+
+
+def test_empty_prompt_suite_is_refused(tiny_f16, reference):
+    with pytest.raises(ValueError, match="prompt suite is empty"):
+        bench.run_variant(tiny_f16, reference, [], [], CFG, 2, {"model": "t", "ft": "base", "variant": "x"})

@@ -1,0 +1,428 @@
+"""Unit tests for quantflow.report, on synthetic results that satisfy the result schema."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from quantflow import report
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "result.schema.yaml"
+MIB = 2**20
+NOT_RUN_REASON = "Q2_K skipped: needs >= 2 GiB & <AVX512>"
+
+# (variant, quant, bits/weight, size MiB, decode tok/s, KL mean, accuracy) per fine-tune.
+# Chosen so the answers differ by group: base's fastest is Q4_K_M, lora's is Q3_K_M.
+VARIANTS: dict[str, list[tuple[str, str, float, float, float, float, float]]] = {
+    "base": [
+        ("gguf-f16", "F16", 16.0, 100.0, 20.0, 0.0, 0.50),
+        ("gguf-Q8_0", "Q8_0", 8.5, 53.0, 35.0, 0.002, 0.50),
+        ("gguf-Q4_K_M", "Q4_K_M", 4.9, 30.0, 50.0, 0.03, 0.45),
+        ("gguf-Q3_K_M", "Q3_K_M", 3.9, 25.0, 48.0, 0.12, 0.40),
+    ],
+    "lora": [
+        ("gguf-f16", "F16", 16.0, 100.0, 21.0, 0.0, 0.70),
+        ("gguf-Q8_0", "Q8_0", 8.5, 53.0, 36.0, 0.003, 0.69),
+        ("gguf-Q4_K_M", "Q4_K_M", 4.9, 30.0, 52.0, 0.04, 0.66),
+        ("gguf-Q3_K_M", "Q3_K_M", 3.9, 25.0, 55.0, 0.15, 0.55),
+    ],
+}
+
+
+def _dist(median: float) -> dict[str, Any]:
+    return {
+        "median": median,
+        "mean": median,
+        "p10": median * 0.95,
+        "p90": median * 1.05,
+        "cv": 0.02,
+        "n": 5,
+    }
+
+
+def make_result(
+    ft: str = "base",
+    variant: str = "gguf-Q4_K_M",
+    quant: str = "Q4_K_M",
+    bpw: float = 4.9,
+    size_mb: float = 30.0,
+    decode_tps: float = 50.0,
+    kl_mean: float = 0.03,
+    accuracy: float = 0.45,
+    *,
+    model: str = "tiny-lm",
+    status: str = "ok",
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """One result dict in the shape the bench stage writes (schema_version 1)."""
+    res: dict[str, Any] = {
+        "schema_version": 1,
+        "model": model,
+        "ft": ft,
+        "variant": variant,
+        "format": "gguf",
+        "quant": quant,
+        "status": status,
+        "reason": reason,
+        "provenance": {
+            "config_hash": "cafe1234",
+            "llama_cpp_commit": "b4567",
+            "cpu": "Test CPU @ 3GHz",
+            "timestamp": "2025-01-01T00:00:00Z",
+        },
+    }
+    if status != "ok":
+        return res
+    res["file"] = {
+        "path": f"models/{model}/{ft}/{variant}.gguf",
+        "bytes": int(size_mb * MIB),
+        "sha256": "0" * 64,
+        "n_params": 50_000_000,
+        "bits_per_weight": bpw,
+    }
+    res["speed"] = {
+        "threads": 8,
+        "n_ctx": 512,
+        "prompt_tokens": 128,
+        "gen_tokens": 64,
+        "warmup": 1,
+        "load_s": _dist(0.2),
+        "prompt_tps": _dist(decode_tps * 10),
+        "decode_tps": _dist(decode_tps),
+        "ttft_s": _dist(0.05),
+        "latency_s": _dist(1.5),
+    }
+    res["memory"] = {
+        "peak_rss_mb": size_mb + 40.0,
+        "baseline_rss_mb": 40.0,
+        "model_rss_mb": size_mb,
+        "use_mmap": True,
+    }
+    res["quality"] = {
+        "n_tokens": 4096,
+        "ppl": 10.0 * (1 + kl_mean),
+        "kl_mean": kl_mean,
+        "kl_median": kl_mean / 2,
+        "kl_p99": kl_mean * 10,
+        "kl_max": kl_mean * 30,
+        "top1_agreement": 1.0 - kl_mean,
+        "accuracy": accuracy,
+        "n_test": 20,
+    }
+    return res
+
+
+def all_results() -> list[dict[str, Any]]:
+    results = [make_result(ft, *spec) for ft, specs in VARIANTS.items() for spec in specs]
+    results.append(
+        make_result("lora", "gguf-Q2_K", "Q2_K", status="not_run", reason=NOT_RUN_REASON)
+    )
+    return results
+
+
+def write_results(tmp_path: Path, results: list[dict[str, Any]]) -> list[Path]:
+    paths = []
+    for i, res in enumerate(results):
+        path = tmp_path / f"{i:02d}_{res['ft']}_{res['variant']}.json"
+        path.write_text(json.dumps(res), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+TRAINING = [
+    {"model": "tiny-lm", "ft": "lora", "method": "lora", "trainable_params": 1_200_000,
+     "total_params": 50_000_000, "trainable_pct": 2.4, "train_loss": 1.23, "eval_loss": 1.31,
+     "eval_ppl": 3.71, "mean_token_accuracy": 0.61, "wall_s": 123.4, "steps": 200},
+]  # fmt: skip
+RUN = {
+    "config_hash": "cafe1234",
+    "date": "2025-01-01",
+    "machine": "ci-runner",
+    "versions": {"llama_cpp": "b4567", "pandas": "3.1.1"},
+}
+
+
+def _row(df: pd.DataFrame, ft: str, variant: str) -> pd.Series:
+    rows = df[(df["ft"] == ft) & (df["variant"] == variant)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+# ------------------------------------------------------------------------------- load_results
+
+
+def test_factory_results_validate(tmp_path: Path) -> None:
+    loaded = report.load_results(write_results(tmp_path, all_results()), SCHEMA)
+    assert len(loaded) == 9
+    assert loaded[0]["variant"] == "gguf-f16"
+
+
+def test_missing_required_key_names_file_and_key_path(tmp_path: Path) -> None:
+    bad = make_result()
+    del bad["speed"]["decode_tps"]["median"]
+    good, broken = write_results(tmp_path, [make_result(), bad])
+    with pytest.raises(ValueError) as err:
+        report.load_results([good, broken], SCHEMA)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(broken) in message
+    assert "speed.decode_tps.median" in message
+
+
+def test_wrong_type_and_extra_key_name_the_key(tmp_path: Path) -> None:
+    wrong_type = make_result()
+    wrong_type["quality"]["kl_mean"] = "tiny"
+    extra = make_result()
+    extra["memory"]["swap_mb"] = 1.0
+    (p1,) = write_results(tmp_path, [wrong_type])
+    with pytest.raises(ValueError, match=r"quality\.kl_mean"):
+        report.load_results([p1], SCHEMA)
+    p2 = tmp_path / "extra.json"
+    p2.write_text(json.dumps(extra), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"extra\.json.*memory\.swap_mb"):
+        report.load_results([p2], SCHEMA)
+
+
+def test_unreadable_json_names_file(tmp_path: Path) -> None:
+    path = tmp_path / "truncated.json"
+    path.write_text('{"schema_version": 1,', encoding="utf-8")
+    with pytest.raises(ValueError, match="truncated.json"):
+        report.load_results([path], SCHEMA)
+
+
+# ------------------------------------------------------------------------------ results_table
+
+
+def test_results_table_columns_and_order() -> None:
+    df = report.results_table(all_results())
+    assert list(df.columns) == list(report.RESULT_COLUMNS)
+    assert len(df) == 9
+    assert list(df["ft"]) == ["base"] * 4 + ["lora"] * 5
+    base_variants = list(df.loc[df["ft"] == "base", "variant"])
+    assert base_variants == ["gguf-f16", "gguf-Q8_0", "gguf-Q4_K_M", "gguf-Q3_K_M"]
+    # The not-run variant has no bits/weight, so it sorts last in its group.
+    assert df.iloc[-1]["variant"] == "gguf-Q2_K"
+
+
+def test_results_table_values() -> None:
+    df = report.results_table(all_results())
+    q4 = _row(df, "base", "gguf-Q4_K_M")
+    assert q4["size_mb"] == pytest.approx(30.0, rel=1e-6)
+    assert q4["decode_tps"] == 50.0
+    assert q4["decode_tps_p10"] == pytest.approx(47.5)
+    assert q4["ttft_ms"] == pytest.approx(50.0)
+    assert q4["threads"] == 8
+    assert q4["speedup_vs_f16"] == pytest.approx(50.0 / 20.0)
+    assert q4["accuracy_gain_vs_base"] == pytest.approx(0.0)
+    lora_q4 = _row(df, "lora", "gguf-Q4_K_M")
+    assert lora_q4["speedup_vs_f16"] == pytest.approx(52.0 / 21.0)
+    assert lora_q4["accuracy_gain_vs_base"] == pytest.approx(0.66 - 0.45)
+    assert _row(df, "lora", "gguf-f16")["speedup_vs_f16"] == pytest.approx(1.0)
+
+
+def test_results_table_missing_blocks_are_nan() -> None:
+    df = report.results_table(all_results())
+    skipped = _row(df, "lora", "gguf-Q2_K")
+    assert skipped["status"] == "not_run"
+    assert skipped["reason"] == NOT_RUN_REASON
+    for col in ("size_mb", "decode_tps", "kl_mean", "speedup_vs_f16", "accuracy_gain_vs_base"):
+        assert math.isnan(skipped[col]), col
+    assert pd.isna(skipped["n_test"])
+
+
+def test_speedup_nan_without_f16_and_gain_nan_without_base() -> None:
+    results = [make_result("lora", *VARIANTS["lora"][2])]
+    row = report.results_table(results).iloc[0]
+    assert math.isnan(row["speedup_vs_f16"])
+    assert math.isnan(row["accuracy_gain_vs_base"])
+
+
+# ------------------------------------------------------------------------------- pareto_front
+
+
+def test_pareto_front_min_kl_max_speed() -> None:
+    points = [(0.0, 20.0), (0.002, 35.0), (0.03, 50.0), (0.12, 48.0)]
+    assert report.pareto_front(points) == [0, 1, 2]
+
+
+def test_pareto_front_min_both() -> None:
+    points = [(0.0, 100.0), (0.002, 53.0), (0.03, 30.0), (0.12, 25.0), (0.05, 60.0)]
+    assert report.pareto_front(points, minimize=(True, True)) == [0, 1, 2, 3]
+
+
+def test_pareto_front_edge_cases() -> None:
+    assert report.pareto_front([]) == []
+    assert report.pareto_front([(1.0, 1.0)]) == [0]
+    # Duplicates do not dominate each other; NaN points are never on the front.
+    assert report.pareto_front([(1.0, 5.0), (1.0, 5.0), (float("nan"), 9.0)]) == [0, 1]
+    with pytest.raises(ValueError):
+        report.pareto_front([(1.0, 2.0, 3.0)])
+
+
+# ---------------------------------------------------------------------------------- recommend
+
+
+def _pick(recs: list[dict[str, Any]], ft: str, kind: str) -> dict[str, Any]:
+    (match,) = [r for r in recs if r["ft"] == ft and r["kind"] == kind]
+    return match
+
+
+def test_recommend_known_answers() -> None:
+    recs = report.recommend(report.results_table(all_results()), quality_floor_kl=0.05)
+    assert {r["kind"] for r in recs} == {"recommended", "best_quality", "fastest", "smallest"}
+    assert len(recs) == 8
+    expected = {
+        ("base", "recommended"): "gguf-Q4_K_M",
+        ("base", "best_quality"): "gguf-Q8_0",
+        ("base", "fastest"): "gguf-Q4_K_M",
+        ("base", "smallest"): "gguf-Q3_K_M",
+        ("lora", "recommended"): "gguf-Q4_K_M",
+        ("lora", "best_quality"): "gguf-Q8_0",
+        ("lora", "fastest"): "gguf-Q3_K_M",
+        ("lora", "smallest"): "gguf-Q3_K_M",
+    }
+    for (ft, kind), variant in expected.items():
+        assert _pick(recs, ft, kind)["variant"] == variant, (ft, kind)
+    why = _pick(recs, "base", "recommended")["why"]
+    assert why == "50.0 tok/s (2.5x f16), KL 0.03 <= floor 0.05, 30.0 MB"
+    assert all(set(r) == {"model", "ft", "kind", "variant", "why"} for r in recs)
+
+
+def test_recommend_tight_floor_falls_back_to_reference() -> None:
+    recs = report.recommend(report.results_table(all_results()), quality_floor_kl=0.001)
+    assert _pick(recs, "base", "recommended")["variant"] == "gguf-f16"
+
+
+def test_recommend_floor_nobody_meets() -> None:
+    df = report.results_table(all_results())
+    df = df[df["variant"] != "gguf-f16"]
+    recs = report.recommend(df, quality_floor_kl=0.001)
+    rec = _pick(recs, "base", "recommended")
+    assert rec["variant"] is None
+    assert rec["why"].startswith("no variant meets the KL floor 0.001")
+    # The other kinds still have answers.
+    assert _pick(recs, "base", "fastest")["variant"] == "gguf-Q4_K_M"
+
+
+def test_recommend_speed_tie_goes_to_smaller_file() -> None:
+    df = report.results_table(all_results())
+    df.loc[(df["ft"] == "base") & (df["variant"] == "gguf-Q3_K_M"), "decode_tps"] = 50.0
+    recs = report.recommend(df, quality_floor_kl=0.2)
+    assert _pick(recs, "base", "recommended")["variant"] == "gguf-Q3_K_M"
+
+
+def test_recommend_only_reference_measured() -> None:
+    recs = report.recommend(report.results_table([make_result("base", *VARIANTS["base"][0])]), 0.05)
+    assert {r["kind"]: r["variant"] for r in recs} == {
+        kind: "gguf-f16" for kind in ("recommended", "best_quality", "fastest", "smallest")
+    }
+
+
+# ------------------------------------------------------------------------------------- render
+
+REMOTE_REF = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
+
+
+def test_render_writes_three_files(tmp_path: Path) -> None:
+    paths = report.render(all_results(), TRAINING, RUN, tmp_path / "report", quality_floor_kl=0.05)
+    out = tmp_path / "report"
+    assert set(paths) == {"summary.md", "index.html", "results.csv"}
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "results.csv", "summary.md"]
+
+    md = (out / "summary.md").read_text(encoding="utf-8")
+    html = (out / "index.html").read_text(encoding="utf-8")
+
+    # Markdown backslash-escapes "<" so renderers show it instead of swallowing a fake tag.
+    assert NOT_RUN_REASON.replace("<", "\\<") in md
+    # Autoescaping: the reason's <, > and & must arrive escaped in the HTML.
+    assert "Q2_K skipped: needs &gt;= 2 GiB &amp; &lt;AVX512&gt;" in html
+    assert "<AVX512>" not in html
+
+    assert not REMOTE_REF.search(html)
+    assert "<link" not in html and "<script" not in html
+    assert "<svg" in html or "data:image/png;base64" in html
+    assert "<?xml" not in html
+
+    for text in (md, html):
+        assert "cafe1234" in text  # run provenance
+        assert "gguf-Q4_K_M" in text
+        assert "2.5x f16" in text  # recommendation why
+        assert "Eval PPL" in text  # training table
+        assert "KL mean" in text  # glossary / table header
+    assert "| Key | Value |" in md
+    assert "| versions.pandas | 3.1.1 |" in md
+
+
+def test_render_csv_has_one_row_per_variant(tmp_path: Path) -> None:
+    report.render(all_results(), [], RUN, tmp_path, quality_floor_kl=0.05)
+    csv = pd.read_csv(tmp_path / "results.csv")
+    assert len(csv) == 9
+    assert list(csv.columns) == [*report.RESULT_COLUMNS, *report.PROVENANCE_COLUMNS]
+    assert set(csv["config_hash"]) == {"cafe1234"}
+    assert csv.loc[csv["variant"] == "gguf-Q2_K", "status"].item() == "not_run"
+
+
+def test_render_leaves_no_temp_files_and_replaces_old_report(tmp_path: Path) -> None:
+    (tmp_path / "summary.md").write_text("stale", encoding="utf-8")
+    report.render(all_results(), [], {}, tmp_path, quality_floor_kl=0.05)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "results.csv", "summary.md"]
+    assert (tmp_path / "summary.md").read_text(encoding="utf-8") != "stale"
+
+
+def test_render_single_variant(tmp_path: Path) -> None:
+    report.render(
+        [make_result("base", *VARIANTS["base"][2])], [], RUN, tmp_path, quality_floor_kl=0.05
+    )
+    assert "<svg" in (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert len(pd.read_csv(tmp_path / "results.csv")) == 1
+
+
+def test_render_nothing_measured(tmp_path: Path) -> None:
+    results = [
+        make_result("base", "gguf-f16", "F16", status="failed", reason="convert crashed"),
+        make_result("base", "gguf-Q4_K_M", status="not_run", reason="upstream failed"),
+    ]
+    report.render(results, [], RUN, tmp_path, quality_floor_kl=0.05)
+    md = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    html = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "convert crashed" in md and "upstream failed" in html
+    assert "nothing to recommend" in md
+
+
+def test_render_survives_partial_blocks(tmp_path: Path) -> None:
+    # An ok result without a quality block (quality stage skipped) must still render.
+    res = make_result("base", *VARIANTS["base"][1])
+    del res["quality"]
+    report.render([make_result("base", *VARIANTS["base"][0]), res], [], RUN, tmp_path, 0.05)
+    assert (tmp_path / "index.html").exists()
+
+
+def test_markdown_table_escapes_pipes() -> None:
+    table = report.markdown_table(["a", "b"], [["x|y", None], ["multi\nline <b>", float("nan")]])
+    assert table.splitlines() == [
+        "| a | b |",
+        "|---|---|",
+        "| x\\|y | – |",
+        "| multi line \\<b> | – |",
+    ]
+
+
+def test_render_with_no_results_at_all(tmp_path: Path) -> None:
+    report.render([], [], {}, tmp_path, quality_floor_kl=0.05)
+    assert "nothing to recommend" in (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert len(pd.read_csv(tmp_path / "results.csv")) == 0
+
+
+def test_duplicate_results_keep_the_last(caplog: pytest.LogCaptureFixture) -> None:
+    first = make_result("base", *VARIANTS["base"][2])
+    second = make_result("base", *VARIANTS["base"][2])
+    second["speed"]["decode_tps"]["median"] = 99.0
+    df = report.results_table([first, second])
+    assert len(df) == 1 and df.iloc[0]["decode_tps"] == 99.0
+    assert "duplicate results" in caplog.text

@@ -1,0 +1,163 @@
+"""The set-up layer: pins agree everywhere, the changelog parser, and what `make venv` put in .venv/llama.cpp."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+LLAMA_CPP_DIR = ROOT / ".venv" / "llama.cpp"
+
+_REQ = re.compile(
+    r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?P<op>===|==|>=|<=|~=|!=|<|>)?\s*(?P<ver>[^\s;,#]*)"
+)
+
+
+def _load_setup_script():
+    path = ROOT / "scripts" / "setup_llama_cpp.py"
+    spec = importlib.util.spec_from_file_location("setup_llama_cpp", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("setup_llama_cpp", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+setup_llama_cpp = _load_setup_script()
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _pins(lines) -> dict[str, tuple[str, str]]:
+    """{normalized name: (operator, version)} of requirement lines, skipping options and comments."""
+    out = {}
+    for line in lines:
+        line = str(line).split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        m = _REQ.match(line)
+        assert m, f"unparsable requirement {line!r}"
+        out[_norm(m["name"])] = (m["op"] or "", m["ver"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+@pytest.fixture(scope="module")
+def deps(pyproject) -> dict[str, tuple[str, str]]:
+    return _pins(pyproject["project"]["dependencies"])
+
+
+def test_dependencies_are_exact_pins(pyproject, deps):
+    loose = {n: op + v for n, (op, v) in deps.items() if op != "=="}
+    assert not loose, f"pyproject.toml dependencies must be pinned with ==: {loose}"
+    for extra in ("test", "slurm"):
+        pins = _pins(pyproject["project"]["optional-dependencies"][extra])
+        loose = {n: op + v for n, (op, v) in pins.items() if op != "=="}
+        assert not loose, f"extra {extra!r} must be pinned with ==: {loose}"
+
+
+def test_conda_env_mirrors_pyproject(deps):
+    env = yaml.safe_load((ROOT / "envs" / "quantflow.yaml").read_text())
+    pip_sections = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
+    assert len(pip_sections) == 1, "envs/quantflow.yaml needs one pip: section"
+    conda_pins = _pins(pip_sections[0])
+    mismatched = {
+        n: (f"pyproject {v}", f"envs/quantflow.yaml {conda_pins.get(n, ('', 'missing'))[1]}")
+        for n, (_, v) in deps.items()
+        if conda_pins.get(n, ("", None))[1] != v
+    }
+    assert not mismatched, f"pins differ: {mismatched}"
+    py = [d for d in env["dependencies"] if isinstance(d, str) and re.match(r"python\s*[=<>]", d)]
+    assert py and "3.11" in py[0], f"envs/quantflow.yaml should pin python 3.11, has {py}"
+
+
+def test_constraints_pin_the_same_torch(deps):
+    constraints = _pins((ROOT / "constraints.txt").read_text().splitlines())
+    assert "torch" in constraints, "constraints.txt must pin torch"
+    assert constraints["torch"] == ("==", deps["torch"][1]), (
+        f"constraints.txt torch {constraints['torch']} != pyproject.toml torch {deps['torch']}"
+    )
+
+
+CHANGELOG = """\
+# Changelog
+
+## [Unreleased]
+
+- fix: something not released yet
+
+## [0.3.36]
+
+- feat: update llama.cpp to ggml-org/llama.cpp@0c1e57098
+- fix: a bug
+
+## [0.3.35]
+
+- feat: update llama.cpp to ggml-org/llama.cpp@4df29be4f
+- fix(example): retain recurrent state
+- feat: update llama.cpp to ggml-org/llama.cpp@adb55e514
+
+## [0.3.34]
+
+- docs: no llama.cpp update in this release
+
+## [0.3.33]
+
+- feat: Update llama.cpp to ggerganov/llama.cpp@78D2F5246
+"""
+
+
+def test_changelog_picks_the_requested_version():
+    assert setup_llama_cpp.llama_cpp_commit_from_changelog(CHANGELOG, "0.3.36") == "0c1e57098"
+
+
+def test_changelog_takes_the_newest_update_of_a_release():
+    assert setup_llama_cpp.llama_cpp_commit_from_changelog(CHANGELOG, "0.3.35") == "4df29be4f"
+
+
+def test_changelog_release_without_update_keeps_the_previous_commit():
+    assert setup_llama_cpp.llama_cpp_commit_from_changelog(CHANGELOG, "0.3.34") == "78d2f5246"
+
+
+def test_changelog_missing_version_is_a_clear_error():
+    with pytest.raises(setup_llama_cpp.ChangelogError, match=r"no '## \[0\.3\.99\]' section"):
+        setup_llama_cpp.llama_cpp_commit_from_changelog(CHANGELOG, "0.3.99")
+
+
+def test_changelog_version_without_any_commit_is_an_error():
+    text = "## [1.0.0]\n\n- fix: nothing about llama.cpp\n"
+    with pytest.raises(setup_llama_cpp.ChangelogError, match="names no llama.cpp commit"):
+        setup_llama_cpp.llama_cpp_commit_from_changelog(text, "1.0.0")
+
+
+def test_changelog_version_is_matched_exactly():
+    """0.3.3 must not match the 0.3.36 or 0.3.33 headings."""
+    with pytest.raises(setup_llama_cpp.ChangelogError):
+        setup_llama_cpp.llama_cpp_commit_from_changelog(CHANGELOG, "0.3.3")
+
+
+@pytest.mark.skipif(
+    not LLAMA_CPP_DIR.is_dir(),
+    reason=f"{LLAMA_CPP_DIR} is absent: it is created by `make venv` (tests run outside make?)",
+)
+def test_llama_cpp_converter_is_in_venv(deps):
+    for rel in ("convert_hf_to_gguf.py", "conversion/__init__.py", "gguf-py/gguf/__init__.py"):
+        assert (LLAMA_CPP_DIR / rel).is_file(), f"{LLAMA_CPP_DIR / rel} is missing: run `make venv`"
+    commit_file = LLAMA_CPP_DIR / "COMMIT"
+    assert commit_file.is_file(), f"{commit_file} is missing: run `make venv`"
+    assert re.fullmatch(r"[0-9a-f]{7,40}", commit_file.read_text().strip()), commit_file.read_text()
+    version = deps["llama-cpp-python"][1]
+    assert (LLAMA_CPP_DIR / f"{setup_llama_cpp.STAMP_PREFIX}{version}").is_file(), (
+        f"{LLAMA_CPP_DIR} does not come from llama-cpp-python {version}: run `make venv`"
+    )

@@ -1,0 +1,29 @@
+import pytest
+
+from quantflow.tasks import check, first_line
+
+
+def test_first_line():
+    assert first_line(" 12\nQuestion: ...") == "12"
+
+
+@pytest.mark.parametrize(
+    "answer,expected,checker,ok",
+    [
+        (" Dask", "Dask", "exact", True),
+        (" dask.", "Dask", "exact", True),
+        (" Dask is big", "Dask", "exact", False),
+        (" 12", "12", "numeric", True),
+        (" 12.0 apples", "12", "numeric", True),
+        (" 13", "12", "numeric", False),
+        (" no number", "12", "numeric", False),
+        (" it is a bird", "bird", "contains", True),
+    ],
+)
+def test_check(answer, expected, checker, ok):
+    assert check(answer, expected, checker) is ok
+
+
+def test_unknown_checker():
+    with pytest.raises(ValueError, match="unknown checker"):
+        check("x", "x", "fuzzy")

@@ -1,0 +1,131 @@
+"""The real Snakefile on a tiny demo: full run, report rows, tensor types, reruns, config errors."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path = TINY, timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(configfile), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def job_stats(out: str) -> dict[str, int]:
+    """Snakemake's 'Job stats' table (rule -> count) from a dry run's output."""
+    m = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal", out, re.S)
+    if not m:
+        return {}
+    return {r.split()[0]: int(r.split()[1]) for r in m.group(1).strip().splitlines()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    wd = tmp_path_factory.mktemp("tinyrun")
+    p = snakemake(wd)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return wd
+
+
+def test_report_has_one_row_per_variant(run):
+    rows = list(csv.DictReader(open(run / "reports" / "results.csv")))
+    got = {(r["model"], r["ft"], r["variant"]) for r in rows}
+    cfg = yaml.safe_load(TINY.read_text())
+    want = {("tiny", ft, v) for ft in ("base", "lora") for v in ["gguf-f16", *(f"gguf-{q}" for q in cfg["quants"])]}
+    assert got == want and len(rows) == len(want)
+    assert all(r["status"] == "ok" for r in rows)
+    assert all(float(r["decode_tps"]) > 0 and float(r["kl_mean"]) >= 0 for r in rows)
+    assert all(r["config_hash"] and r["cpu"] for r in rows)
+    html = (run / "reports" / "index.html").read_text()
+    assert "<svg" in html and "gguf-Q4_K_M" in html
+    assert "gguf-Q3_K_M" in (run / "reports" / "summary.md").read_text()
+
+
+def test_gguf_files_hold_the_requested_types(run):
+    from gguf import GGUFReader
+
+    from quantflow.quantize import ALLOWED_TYPES
+
+    for ft in ("base", "lora"):
+        for q in ("Q8_0", "Q4_K_M", "Q3_K_M"):
+            types = {t.tensor_type.name for t in GGUFReader(run / f"results/tiny/{ft}/gguf/{q}.gguf").tensors
+                     if len(t.shape) == 2}
+            assert types <= ALLOWED_TYPES[q], (ft, q, types)
+
+
+def test_second_run_has_nothing_to_do(run):
+    p = snakemake(run, "-n")
+    assert p.returncode == 0
+    assert "Nothing to be done" in p.stdout + p.stderr
+
+
+def _variant_config(tmp_path: Path, quants: list) -> Path:
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["quants"] = quants
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_changing_one_quant_entry_reruns_only_that_variant(run, tmp_path):
+    cfg = _variant_config(tmp_path, ["Q8_0", "Q4_K_M", {"type": "Q3_K_M", "output_tensor_type": "Q8_0"}])
+    p = snakemake(run, "-n", configfile=cfg)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert job_stats(p.stdout) == {"quantize": 2, "bench": 2, "report": 1, "all": 1}
+    assert "Q3_K_M" in p.stdout and "gguf/Q4_K_M.gguf\n" not in p.stdout
+
+
+def test_adding_a_quant_type_adds_only_its_jobs(run, tmp_path):
+    cfg = _variant_config(tmp_path, ["Q8_0", "Q4_K_M", "Q3_K_M", "Q6_K"])
+    p = snakemake(run, "-n", configfile=cfg)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert job_stats(p.stdout) == {"quantize": 2, "bench": 2, "report": 1, "all": 1}
+
+
+@pytest.mark.parametrize(
+    "mutate,key",
+    [
+        (lambda c: c.__setitem__("quants", ["Q8_0", "Q4_K_X"]), "quants[1]"),
+        (lambda c: c.pop("bench"), "'bench' is required"),
+        (lambda c: c["bench"].__setitem__("n_ctx", "big"), "bench.n_ctx"),
+        (lambda c: c.__setitem__("quantz", []), "unknown key(s) quantz"),
+    ],
+)
+def test_broken_config_fails_before_any_job(tmp_path, mutate, key):
+    cfg = yaml.safe_load(TINY.read_text())
+    mutate(cfg)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    # Only the broken file: the Snakefile's own configfile would otherwise fill in removed keys.
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd),
+           "--configfile", str(path), "--cores", "1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    errors = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("quantflow: config key")]
+    assert len(errors) == 1 and key in errors[0], p.stdout + p.stderr
+    assert not (wd / "results").exists()
+
+
+def test_default_config_dry_run_plans_the_whole_chain(tmp_path):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+           "--configfile", str(REPO / "config.yaml"), "--cores", "2", "-n"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    stats = job_stats(p.stdout)
+    n_quants = len(yaml.safe_load((REPO / "config.yaml").read_text())["quants"])
+    assert stats["quantize"] == 2 * n_quants and stats["bench"] == 2 * (n_quants + 1)
+    assert stats["finetune"] == 1 and stats["merge"] == 1 and stats["convert"] == 2

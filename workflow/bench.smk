@@ -1,0 +1,46 @@
+# Quality reference (f16 top-k log-probs) and one benchmark job per variant, each running alone.
+
+
+rule reference:
+    input:
+        gguf=rules.convert.output.gguf,
+        heldout=get_data("heldout"),
+    output:
+        npz="results/{model}/{ft}/reference.npz",
+    params:
+        bench=config["bench"],
+        code=code_hash("bench", "stats"),
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    log:
+        "results/{model}/{ft}/logs/reference.log",
+    script:
+        "../scripts/reference.py"
+
+
+rule bench:
+    input:
+        gguf=get_variant_gguf,
+        reference=rules.reference.output.npz,
+        test=get_data("test"),
+        prompts=get_data("prompts"),
+    output:
+        json="results/{model}/{ft}/bench/{variant}.json",
+    params:
+        bench=config["bench"],
+        quant=variant_quant,
+        llama_cpp_dir=LLAMA_CPP_DIR,
+        code=code_hash("bench", "stats", "tasks", "quantize", "results", "provenance"),
+    # All cores: a benchmark never shares the machine with another job.
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    log:
+        "results/{model}/{ft}/logs/bench-{variant}.log",
+    benchmark:
+        "results/{model}/{ft}/benchmarks/bench-{variant}.tsv"
+    script:
+        "../scripts/bench.py"

@@ -1,0 +1,98 @@
+# All Snakemake-side Python: config validation, wildcard constraints, input functions.
+import re
+import sys
+from pathlib import Path
+
+from quantflow import provenance
+from quantflow.config import ConfigError, load_and_validate, normalise_quants
+
+try:
+    config.update(load_and_validate(config, workflow.source_path("schemas/config.schema.yaml"), Path.cwd()))
+except ConfigError as e:
+    sys.exit(f"quantflow: {e}")
+
+MODELS = {m["name"]: m for m in config["models"]}
+FINETUNES = {f["name"]: f for f in config["finetunes"]}
+QUANTS = normalise_quants(config["quants"])
+FTS = ["base", *FINETUNES]
+VARIANTS = ["gguf-f16", *(f"gguf-{q}" for q in QUANTS)]
+DEMO_MODELS = [n for n, m in MODELS.items() if m["source"] == "demo"]
+LLAMA_CPP_DIR = str(Path(workflow.basedir) / config["llama_cpp_dir"])  # relative = to the repo
+DATA_FILES = {
+    "corpus": "corpus.txt",
+    "heldout": "heldout.txt",
+    "calibration": "calibration.txt",
+    "sft_train": "sft_train.jsonl",
+    "sft_eval": "sft_eval.jsonl",
+    "test": "test.jsonl",
+    "prompts": "prompts.jsonl",
+}
+
+
+def _alt(names):
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+wildcard_constraints:
+    model=_alt(MODELS),
+    ft=_alt(FTS),
+    quant=_alt(QUANTS),
+    variant=_alt(VARIANTS),
+
+
+def code_hash(*modules):
+    """Hash of the library modules a rule's script imports: a params value, so editing them reruns the rule."""
+    pkg = Path(provenance.__file__).parent
+    return provenance.files_hash([pkg / f"{m}.py" for m in modules])
+
+
+def data_file(model, key):
+    m = MODELS[model]
+    if m["source"] == "demo":
+        return f"results/{model}/data/{DATA_FILES[key]}"
+    return m["data"][key]
+
+
+def base_hf(model):
+    m = MODELS[model]
+    if m["source"] == "demo":
+        return f"results/{model}/base/hf"
+    if m["source"] == "local":
+        return m["path"]
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(m["hf"], local_files_only=True)
+
+
+def get_hf(wildcards):
+    if wildcards.ft == "base":
+        return base_hf(wildcards.model)
+    return f"results/{wildcards.model}/{wildcards.ft}/hf"
+
+
+def get_data(key):
+    return lambda wildcards: data_file(wildcards.model, key)
+
+
+def get_variant_gguf(wildcards):
+    quant = wildcards.variant.removeprefix("gguf-")
+    if quant == "f16":
+        return rules.convert.output.gguf
+    return rules.quantize.output.gguf.replace("{quant}", quant)
+
+
+def variant_quant(wildcards):
+    q = wildcards.variant.removeprefix("gguf-")
+    return "F16" if q == "f16" else q
+
+
+def get_final_output():
+    return rules.report.output
+
+
+def all_bench_results():
+    return expand("results/{model}/{ft}/bench/{variant}.json", model=MODELS, ft=FTS, variant=VARIANTS)
+
+
+def all_train_metrics():
+    return expand("results/{model}/{ft}/train_metrics.json", model=MODELS, ft=FINETUNES)

@@ -1,0 +1,21 @@
+# HF -> GGUF f16 with llama.cpp's own converter: the single source of every GGUF variant.
+
+
+rule convert:
+    input:
+        hf=get_hf,
+    output:
+        gguf="results/{model}/{ft}/gguf/f16.gguf",
+    params:
+        llama_cpp_dir=LLAMA_CPP_DIR,
+        commit=provenance.llama_cpp_commit(LLAMA_CPP_DIR),
+        code=code_hash("convert", "quantize"),
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    log:
+        "results/{model}/{ft}/logs/convert.log",
+    benchmark:
+        "results/{model}/{ft}/benchmarks/convert.tsv"
+    script:
+        "../scripts/convert.py"
