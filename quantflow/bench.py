@@ -316,8 +316,9 @@ def load_reference(path: str | Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def run_variant(gguf: str | Path, reference: str | Path, test: list[dict], prompts: list[dict], cfg: dict,
-                threads: int, meta: dict) -> dict:
+def run_variant(
+    gguf: str | Path, reference: str | Path, test: list[dict], prompts: list[dict], cfg: dict, threads: int, meta: dict
+) -> dict:
     """Every measurement of one GGUF variant, as a result dict (see result.schema.yaml).
 
     Speed and memory come first, so the peak RSS is that of load + inference alone, before the

@@ -107,11 +107,9 @@ def normalise_quants(entries: list) -> dict[str, dict]:
             raise ConfigError(f"config key quants[{i}]: {t} is listed twice (aliases resolve to one name)")
         for k in ("output_tensor_type", "token_embedding_type"):
             if k in opts and opts[k].upper() not in tensor_types:
-                raise ConfigError(
-                    f"config key quants[{i}].{k}: unknown ggml type {opts[k]!r}; e.g. Q8_0, Q6_K, F16"
-                )
+                raise ConfigError(f"config key quants[{i}].{k}: unknown ggml type {opts[k]!r}; e.g. Q8_0, Q6_K, F16")
         opts["type"] = t
-        out[t] = opts
+        out[t] = canonical(opts)
     return out
 
 
@@ -129,12 +127,16 @@ def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
                 errs.append(f"config key models[{i}].path: {p} is not a Hugging Face model directory (no config.json)")
         if m["source"] == "hub":
             if not m.get("hf"):
-                errs.append(f"config key models[{i}].hf: required for source hub (e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0)")
+                errs.append(
+                    f"config key models[{i}].hf: required for source hub (e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0)"
+                )
             else:
                 errs.extend(_hub_errors(i, m["hf"]))
         if m["source"] != "demo":
             if "data" not in m:
-                errs.append(f"config key models[{i}].data: required for source {m['source']} (only the demo makes its own)")
+                errs.append(
+                    f"config key models[{i}].data: required for source {m['source']} (only the demo makes its own)"
+                )
             else:
                 for k, v in m["data"].items():
                     if not (base_dir / v).is_file():
@@ -171,6 +173,19 @@ def _hub_errors(i: int, hf_id: str) -> list[str]:
         ]
 
 
+def canonical(obj):
+    """Dicts rebuilt with sorted keys, recursively.
+
+    Snakemake compares a job's params by their repr, and a dict's repr follows insertion order:
+    without this, reordering keys in a config file would rerun every job.
+    """
+    if isinstance(obj, dict):
+        return {k: canonical(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list):
+        return [canonical(v) for v in obj]
+    return obj
+
+
 def load_and_validate(cfg: dict, schema_path: str | Path, base_dir: str | Path = ".") -> dict:
     """Validate (filling defaults) and return the config; raise ConfigError with one line per problem."""
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -181,4 +196,4 @@ def load_and_validate(cfg: dict, schema_path: str | Path, base_dir: str | Path =
     errs = semantic_errors(cfg, Path(base_dir))
     if errs:
         raise ConfigError(errs[0] + (f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""))
-    return cfg
+    return canonical(cfg)

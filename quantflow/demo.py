@@ -28,7 +28,9 @@ def check_dims(hidden: int, ffn: int, heads: int, head_dim: int) -> None:
             raise ValueError(f"demo.{key}={val} is not a multiple of {QK_K}: K-quants would silently fall back")
 
 
-def train_tokenizer(texts: list[str | Path], out_dir: str | Path, vocab_size: int, jsonl: list[str | Path] = ()) -> None:
+def train_tokenizer(
+    texts: list[str | Path], out_dir: str | Path, vocab_size: int, jsonl: list[str | Path] = ()
+) -> None:
     """Train a SentencePiece BPE tokenizer and save it as a Hugging Face Llama tokenizer.
 
     SentencePiece (not a byte-level BPE) because llama.cpp's converter accepts a SentencePiece
@@ -36,6 +38,7 @@ def train_tokenizer(texts: list[str | Path], out_dir: str | Path, vocab_size: in
     (instruction data) add their prompt + completion text, so the instruction format has pieces too.
     """
     import tempfile
+
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
@@ -102,7 +105,9 @@ def save_tokenizer(tokenizer, out_dir: str | Path, spm_model: str | Path | None)
     tmp.unlink(missing_ok=True)
 
 
-def build_model(vocab_size: int, hidden: int, ffn: int, layers: int, heads: int, head_dim: int, max_len: int, seed: int):
+def build_model(
+    vocab_size: int, hidden: int, ffn: int, layers: int, heads: int, head_dim: int, max_len: int, seed: int
+):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -170,7 +175,14 @@ def pretrain(model, stream, *, steps: int, batch: int, seq_len: int, lr: float, 
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if step % 10 == 0 or step == steps - 1:
-            log.info("step %d/%d loss %.4f lr %.2e (%.1f s)", step + 1, steps, losses[-1], lr_at(step), time.perf_counter() - t0)
+            log.info(
+                "step %d/%d loss %.4f lr %.2e (%.1f s)",
+                step + 1,
+                steps,
+                losses[-1],
+                lr_at(step),
+                time.perf_counter() - t0,
+            )
     model.eval()
     return {"steps": steps, "losses": losses, "wall_s": time.perf_counter() - t0, "tokens": steps * batch * seq_len}
 
@@ -184,7 +196,9 @@ def heldout_loss(model, stream, seq_len: int, max_windows: int = 32) -> float:
         return float(model(input_ids=x, labels=x).loss)
 
 
-def build_demo_base(corpus: str, heldout: str, out_dir: str, tokenizer_dir: str, params: dict, seed: int, threads: int) -> dict:
+def build_demo_base(
+    corpus: str, heldout: str, out_dir: str, tokenizer_dir: str, params: dict, seed: int, threads: int
+) -> dict:
     """Pretrain the demo model from the tokenizer in ``tokenizer_dir``; save an HF directory."""
     import torch
     from transformers import AutoTokenizer

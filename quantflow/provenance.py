@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -64,5 +64,5 @@ def collect(cfg: dict, llama_cpp_dir: str | Path, threads: int) -> dict:
         "node": socket.gethostname(),
         "threads": threads,
         "config_hash": config_hash(cfg),
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -114,9 +114,7 @@ def load_results(paths: Iterable[str | Path], schema_path: str | Path) -> list[d
             raise ValueError(f"{path}: cannot read result JSON: {_one_line(str(exc))}") from exc
         error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
         if error is not None:
-            raise ValueError(
-                f"{path}: invalid at {_error_key_path(error)}: {_one_line(error.message)}"
-            )
+            raise ValueError(f"{path}: invalid at {_error_key_path(error)}: {_one_line(error.message)}")
         results.append(doc)
     log.info("loaded %d result file(s)", len(results))
     return results
@@ -141,9 +139,7 @@ def _error_key_path(error: jsonschema.ValidationError) -> str:
     elif error.validator == "additionalProperties" and isinstance(instance, Mapping):
         known = error.schema.get("properties", {})
         patterns = error.schema.get("patternProperties", {})
-        extra = [
-            k for k in instance if k not in known and not any(re.search(p, k) for p in patterns)
-        ]
+        extra = [k for k in instance if k not in known and not any(re.search(p, k) for p in patterns)]
         parts.extend(extra[:1])
     return _format_key_path(parts)
 
@@ -251,9 +247,7 @@ def _drop_duplicate_keys(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _add_speedup(df: pd.DataFrame) -> pd.DataFrame:
-    ref = df.loc[
-        (df["variant"] == REFERENCE_VARIANT) & (df["status"] == "ok"), ["model", "ft", "decode_tps"]
-    ]
+    ref = df.loc[(df["variant"] == REFERENCE_VARIANT) & (df["status"] == "ok"), ["model", "ft", "decode_tps"]]
     ref = ref.rename(columns={"decode_tps": "_ref_tps"})
     out = df.merge(ref, on=["model", "ft"], how="left", validate="many_to_one")
     # A zero reference speed would give inf, which reads as a real measurement; NaN does not.
@@ -287,9 +281,7 @@ def _sort_rows(df: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 
-def pareto_front(
-    points: Sequence[Sequence[float]], minimize: Sequence[bool] = (True, False)
-) -> list[int]:
+def pareto_front(points: Sequence[Sequence[float]], minimize: Sequence[bool] = (True, False)) -> list[int]:
     """Indices (ascending) of the non-dominated points; points with a NaN coordinate are skipped.
 
     ``minimize[d]`` says whether lower is better in dimension ``d``. Identical points do not
@@ -309,9 +301,7 @@ def pareto_front(
 
 
 def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
-        x < y for x, y in zip(a, b, strict=True)
-    )
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
 def recommend(df: pd.DataFrame, quality_floor_kl: float) -> list[dict[str, Any]]:
@@ -364,9 +354,7 @@ def _best(group: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.Serie
     if rows.empty:
         return None
     # Variant name as the last key makes equal rows resolve the same way on every run.
-    rows = rows.sort_values(
-        [*by, "variant"], ascending=[*ascending, True], na_position="last", kind="mergesort"
-    )
+    rows = rows.sort_values([*by, "variant"], ascending=[*ascending, True], na_position="last", kind="mergesort")
     return rows.iloc[0]
 
 
@@ -408,9 +396,7 @@ def _why_quality(row: pd.Series) -> str:
 
 
 def _why_fastest(row: pd.Series) -> str:
-    return _join(
-        _speed_part(row), _part("KL {:.3g}", row["kl_mean"]), _part("{:.1f} MB", row["size_mb"])
-    )
+    return _join(_speed_part(row), _part("KL {:.3g}", row["kl_mean"]), _part("{:.1f} MB", row["size_mb"]))
 
 
 def _why_smallest(row: pd.Series) -> str:
@@ -458,9 +444,7 @@ def render(
     # Render everything before writing anything, so a template error leaves the old report intact.
     texts = {
         "summary.md": env.get_template("summary.md.j2").render(context),
-        "index.html": env.get_template("index.html.j2").render(
-            context, charts=_charts(df, float(quality_floor_kl))
-        ),
+        "index.html": env.get_template("index.html.j2").render(context, charts=_charts(df, float(quality_floor_kl))),
         "results.csv": _with_provenance(df, results).to_csv(index=False, lineterminator="\n"),
     }
     paths = {}
@@ -553,9 +537,7 @@ _KIND_LABELS = {
 def _recommendation_groups(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for rec in recs:
-        group = groups.setdefault(
-            (rec["model"], rec["ft"]), {"model": rec["model"], "ft": rec["ft"], "rows": []}
-        )
+        group = groups.setdefault((rec["model"], rec["ft"]), {"model": rec["model"], "ft": rec["ft"], "rows": []})
         label = _KIND_LABELS.get(rec["kind"], rec["kind"])
         group["rows"].append((label, rec["variant"] or "none", rec["why"]))
     return list(groups.values())
@@ -568,9 +550,7 @@ MAIN_HEADERS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _variant_groups(
-    df: pd.DataFrame, chosen: Mapping[tuple[str, str], str | None]
-) -> list[dict[str, Any]]:
+def _variant_groups(df: pd.DataFrame, chosen: Mapping[tuple[str, str], str | None]) -> list[dict[str, Any]]:
     ok = df.loc[df["status"] == "ok"]
     groups = []
     for (model, ft), group in ok.groupby(["model", "ft"], sort=False):
@@ -630,10 +610,7 @@ def _training_table(training: Sequence[Mapping[str, Any]]) -> dict[str, Any] | N
     cols = [c for c in _TRAINING_COLUMNS if any(not _is_missing(t.get(c[0])) for t in training)]
     return {
         "headers": [header for _, header, _ in cols],
-        "rows": [
-            [MISSING if _is_missing(t.get(key)) else fmt(t.get(key)) for key, _, fmt in cols]
-            for t in training
-        ],
+        "rows": [[MISSING if _is_missing(t.get(key)) else fmt(t.get(key)) for key, _, fmt in cols] for t in training],
     }
 
 
@@ -648,9 +625,7 @@ def _problem_rows(df: pd.DataFrame) -> list[tuple[str, str, str, str, str]]:
 
 def _with_provenance(df: pd.DataFrame, results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     # Later duplicates win, matching results_table's de-duplication.
-    prov = {
-        (r.get("model"), r.get("ft"), r.get("variant")): r.get("provenance") or {} for r in results
-    }
+    prov = {(r.get("model"), r.get("ft"), r.get("variant")): r.get("provenance") or {} for r in results}
     keys = list(zip(df["model"], df["ft"], df["variant"], strict=True))
     out = df.copy()
     for col in PROVENANCE_COLUMNS:
@@ -794,9 +769,7 @@ def _plot_group(
     offset = (4, 4) if idx % 2 == 0 else (4, -10)
     for x, y, kl, variant in zip(xs, ys, kls, group["variant"], strict=True):
         text = _short_variant(variant) + (" (ref)" if kl <= 0 else "")
-        ax.annotate(
-            text, (x, y), xytext=offset, textcoords="offset points", fontsize=7, color=color
-        )
+        ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=7, color=color)
     front = sorted(
         pareto_front(list(zip(kls, xs, strict=True)), minimize=(True, minimize_x)),
         key=lambda i: xs[i],

@@ -15,8 +15,13 @@ to_file(sm.log[0])
 threads = sm.params.bench["threads"] or sm.threads
 meta = {"model": sm.wildcards.model, "ft": sm.wildcards.ft, "variant": sm.wildcards.variant, "quant": sm.params.quant}
 result = run_variant(
-    sm.input.gguf, sm.input.reference, read_jsonl(sm.input.test), read_jsonl(sm.input.prompts), sm.params.bench,
-    threads, meta,
+    sm.input.gguf,
+    sm.input.reference,
+    read_jsonl(sm.input.test),
+    read_jsonl(sm.input.prompts),
+    sm.params.bench,
+    threads,
+    meta,
 )
 result["provenance"] = provenance.collect(sm.config, sm.params.llama_cpp_dir, threads)
 validate(result)

@@ -18,8 +18,13 @@ out = Path(sm.output.hf)
 tmp = out.with_name(f".{out.name}.partial")
 shutil.rmtree(tmp, ignore_errors=True)
 metrics = build_demo_base(
-    sm.input.corpus, sm.input.heldout, str(tmp), sm.input.tokenizer, {**sm.params.model, **sm.params.pretrain},
-    sm.params.seed, sm.threads,
+    sm.input.corpus,
+    sm.input.heldout,
+    str(tmp),
+    sm.input.tokenizer,
+    {**sm.params.model, **sm.params.pretrain},
+    sm.params.seed,
+    sm.threads,
 )
 os.replace(tmp, out)  # the directory appears only when complete
 Path(sm.output.metrics).write_text(json.dumps(metrics, indent=2))

@@ -3,8 +3,8 @@
 Snakemake rule `quantize`: input.gguf (f16); output.gguf; params.opts (type + options); threads.
 """
 
-from quantflow.quantize import quantize
 from quantflow.logs import to_file
+from quantflow.quantize import quantize
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 to_file(sm.log[0])

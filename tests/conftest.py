@@ -10,8 +10,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_CPP_DIR = REPO / ".venv" / "llama.cpp"
 TINY_SIZES = dict(
-    countries=12, creatures=8, corpus_lines=300, heldout_lines=40, calibration_lines=10,
-    sft_train=64, sft_eval=8, test=14, prompts=7,
+    countries=12,
+    creatures=8,
+    corpus_lines=300,
+    heldout_lines=40,
+    calibration_lines=10,
+    sft_train=64,
+    sft_eval=8,
+    test=14,
+    prompts=7,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,8 +30,10 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     from quantflow.data import write_demo_data
 
     d = tmp_path_factory.mktemp("data")
-    out = {k: d / f"{k}.{'txt' if k in ('corpus', 'heldout', 'calibration') else 'jsonl'}" for k in
-           ("corpus", "heldout", "calibration", "sft_train", "sft_eval", "test", "prompts")}
+    out = {
+        k: d / f"{k}.{'txt' if k in ('corpus', 'heldout', 'calibration') else 'jsonl'}"
+        for k in ("corpus", "heldout", "calibration", "sft_train", "sft_eval", "test", "prompts")
+    }
     write_demo_data({k: str(v) for k, v in out.items()}, seed=3, sizes=TINY_SIZES)
     return out
 
@@ -38,8 +47,15 @@ def tiny_tokenizer(tiny_data, tmp_path_factory) -> Path:
     return d
 
 
-def build_tiny_hf(tokenizer_dir: Path, out: Path, hidden: int = 256, ffn: int = 512, layers: int = 2, seed: int = 0,
-                  arch: str = "llama") -> Path:
+def build_tiny_hf(
+    tokenizer_dir: Path,
+    out: Path,
+    hidden: int = 256,
+    ffn: int = 512,
+    layers: int = 2,
+    seed: int = 0,
+    arch: str = "llama",
+) -> Path:
     """A randomly initialised tiny model saved like a real checkpoint (weights + tokenizer.model)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
@@ -49,10 +65,20 @@ def build_tiny_hf(tokenizer_dir: Path, out: Path, hidden: int = 256, ffn: int = 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     cls_cfg, cls_model = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (MistralConfig, MistralForCausalLM)
-    cfg = cls_cfg(vocab_size=len(tok), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                  num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, head_dim=64,
-                  max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                  pad_token_id=3)
+    cfg = cls_cfg(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        head_dim=64,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     model = cls_model(cfg)
     # Random init at std 0.02 gives near-uniform outputs; a larger scale makes the logits (and so
     # quantization error) non-trivial, like a trained model's.

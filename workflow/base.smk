@@ -4,14 +4,16 @@
 rule demo_data:
     output:
         **{k: f"results/{{model}}/data/{v}" for k, v in DATA_FILES.items()},
+    log:
+        "results/{model}/logs/demo_data.log",
+    wildcard_constraints:
+        model=_alt(DEMO_MODELS),
+    conda:
+        "../envs/quantflow.yaml"
     params:
         seed=config["seed"],
         sizes=config["demo"]["data"],
         code=code_hash("data"),
-    wildcard_constraints:
-        model=_alt(DEMO_MODELS),
-    log:
-        "results/{model}/logs/demo_data.log",
     script:
         "../scripts/demo_data.py"
 
@@ -22,13 +24,15 @@ rule demo_tokenizer:
         sft_train="results/{model}/data/sft_train.jsonl",
     output:
         directory("results/{model}/tokenizer"),
+    log:
+        "results/{model}/logs/demo_tokenizer.log",
+    wildcard_constraints:
+        model=_alt(DEMO_MODELS),
+    conda:
+        "../envs/quantflow.yaml"
     params:
         vocab_size=config["demo"]["vocab_size"],
         code=code_hash("demo"),
-    wildcard_constraints:
-        model=_alt(DEMO_MODELS),
-    log:
-        "results/{model}/logs/demo_tokenizer.log",
     script:
         "../scripts/demo_tokenizer.py"
 
@@ -41,20 +45,22 @@ rule demo_base:
     output:
         hf=directory("results/{model}/base/hf"),
         metrics="results/{model}/base/pretrain_metrics.json",
+    log:
+        "results/{model}/logs/demo_base.log",
+    benchmark:
+        "results/{model}/benchmarks/demo_base.tsv"
+    wildcard_constraints:
+        model=_alt(DEMO_MODELS),
+    conda:
+        "../envs/quantflow.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=60,
     params:
         seed=config["seed"],
         model=config["demo"]["model"],
         pretrain=config["demo"]["pretrain"],
         code=code_hash("demo"),
-    wildcard_constraints:
-        model=_alt(DEMO_MODELS),
-    threads: workflow.cores
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    log:
-        "results/{model}/logs/demo_base.log",
-    benchmark:
-        "results/{model}/benchmarks/demo_base.tsv"
     script:
         "../scripts/demo_base.py"

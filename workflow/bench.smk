@@ -7,15 +7,17 @@ rule reference:
         heldout=get_data("heldout"),
     output:
         npz="results/{model}/{ft}/reference.npz",
-    params:
-        bench=config["bench"],
-        code=code_hash("bench", "stats"),
+    log:
+        "results/{model}/{ft}/logs/reference.log",
+    conda:
+        "../envs/quantflow.yaml"
     threads: workflow.cores
     resources:
         mem_mb=8000,
         runtime=30,
-    log:
-        "results/{model}/{ft}/logs/reference.log",
+    params:
+        bench=config["bench"],
+        code=code_hash("bench", "stats"),
     script:
         "../scripts/reference.py"
 
@@ -28,19 +30,21 @@ rule bench:
         prompts=get_data("prompts"),
     output:
         json="results/{model}/{ft}/bench/{variant}.json",
-    params:
-        bench=config["bench"],
-        quant=variant_quant,
-        llama_cpp_dir=LLAMA_CPP_DIR,
-        code=code_hash("bench", "stats", "tasks", "quantize", "results", "provenance"),
+    log:
+        "results/{model}/{ft}/logs/bench-{variant}.log",
+    benchmark:
+        "results/{model}/{ft}/benchmarks/bench-{variant}.tsv"
+    conda:
+        "../envs/quantflow.yaml"
     # All cores: a benchmark never shares the machine with another job.
     threads: workflow.cores
     resources:
         mem_mb=8000,
         runtime=60,
-    log:
-        "results/{model}/{ft}/logs/bench-{variant}.log",
-    benchmark:
-        "results/{model}/{ft}/benchmarks/bench-{variant}.tsv"
+    params:
+        bench=config["bench"],
+        quant=variant_quant,
+        llama_cpp_dir=LLAMA_CPP_DIR,
+        code=code_hash("bench", "stats", "tasks", "quantize", "results", "provenance"),
     script:
         "../scripts/bench.py"

@@ -7,7 +7,11 @@ from quantflow import provenance
 from quantflow.config import ConfigError, load_and_validate, normalise_quants
 
 try:
-    config.update(load_and_validate(config, workflow.source_path("schemas/config.schema.yaml"), Path.cwd()))
+    config.update(
+        load_and_validate(
+            config, workflow.source_path("schemas/config.schema.yaml"), Path.cwd()
+        )
+    )
 except ConfigError as e:
     sys.exit(f"quantflow: {e}")
 
@@ -17,7 +21,9 @@ QUANTS = normalise_quants(config["quants"])
 FTS = ["base", *FINETUNES]
 VARIANTS = ["gguf-f16", *(f"gguf-{q}" for q in QUANTS)]
 DEMO_MODELS = [n for n, m in MODELS.items() if m["source"] == "demo"]
-LLAMA_CPP_DIR = str(Path(workflow.basedir) / config["llama_cpp_dir"])  # relative = to the repo
+LLAMA_CPP_DIR = str(
+    Path(workflow.basedir) / config["llama_cpp_dir"]
+)  # relative = to the repo
 DATA_FILES = {
     "corpus": "corpus.txt",
     "heldout": "heldout.txt",
@@ -91,7 +97,12 @@ def get_final_output():
 
 
 def all_bench_results():
-    return expand("results/{model}/{ft}/bench/{variant}.json", model=MODELS, ft=FTS, variant=VARIANTS)
+    return expand(
+        "results/{model}/{ft}/bench/{variant}.json",
+        model=MODELS,
+        ft=FTS,
+        variant=VARIANTS,
+    )
 
 
 def all_train_metrics():

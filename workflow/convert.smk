@@ -6,16 +6,18 @@ rule convert:
         hf=get_hf,
     output:
         gguf="results/{model}/{ft}/gguf/f16.gguf",
-    params:
-        llama_cpp_dir=LLAMA_CPP_DIR,
-        commit=provenance.llama_cpp_commit(LLAMA_CPP_DIR),
-        code=code_hash("convert", "quantize"),
-    resources:
-        mem_mb=8000,
-        runtime=30,
     log:
         "results/{model}/{ft}/logs/convert.log",
     benchmark:
         "results/{model}/{ft}/benchmarks/convert.tsv"
+    conda:
+        "../envs/quantflow.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        llama_cpp_dir=LLAMA_CPP_DIR,
+        commit=provenance.llama_cpp_commit(LLAMA_CPP_DIR),
+        code=code_hash("convert", "quantize"),
     script:
         "../scripts/convert.py"

@@ -9,19 +9,21 @@ rule finetune:
     output:
         adapter=directory("results/{model}/{ft}/adapter"),
         metrics="results/{model}/{ft}/train_metrics.json",
-    params:
-        ft=lambda wc: FINETUNES[wc.ft],
-        code=code_hash("finetune", "demo"),
-    wildcard_constraints:
-        ft=_alt(FINETUNES),
-    threads: workflow.cores
-    resources:
-        mem_mb=8000,
-        runtime=120,
     log:
         "results/{model}/{ft}/logs/finetune.log",
     benchmark:
         "results/{model}/{ft}/benchmarks/finetune.tsv"
+    wildcard_constraints:
+        ft=_alt(FINETUNES),
+    conda:
+        "../envs/quantflow.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        ft=lambda wc: FINETUNES[wc.ft],
+        code=code_hash("finetune", "demo"),
     script:
         "../scripts/finetune.py"
 
@@ -32,14 +34,16 @@ rule merge:
         adapter=rules.finetune.output.adapter,
     output:
         hf=directory("results/{model}/{ft}/hf"),
-    params:
-        code=code_hash("finetune", "demo"),
+    log:
+        "results/{model}/{ft}/logs/merge.log",
     wildcard_constraints:
         ft=_alt(FINETUNES),
+    conda:
+        "../envs/quantflow.yaml"
     resources:
         mem_mb=8000,
         runtime=30,
-    log:
-        "results/{model}/{ft}/logs/merge.log",
+    params:
+        code=code_hash("finetune", "demo"),
     script:
         "../scripts/merge.py"

@@ -6,16 +6,18 @@ rule quantize:
         gguf=rules.convert.output.gguf,
     output:
         gguf="results/{model}/{ft}/gguf/{quant}.gguf",
-    params:
-        opts=lambda wc: QUANTS[wc.quant],
-        code=code_hash("quantize", "config"),
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
     log:
         "results/{model}/{ft}/logs/quantize-{quant}.log",
     benchmark:
         "results/{model}/{ft}/benchmarks/quantize-{quant}.tsv"
+    conda:
+        "../envs/quantflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        opts=lambda wc: QUANTS[wc.quant],
+        code=code_hash("quantize", "config"),
     script:
         "../scripts/quantize.py"

@@ -9,11 +9,13 @@ rule report:
         md="reports/summary.md",
         html="reports/index.html",
         csv="reports/results.csv",
+    log:
+        "reports/logs/report.log",
+    conda:
+        "../envs/quantflow.yaml"
     params:
         floor=config["report"]["quality_floor_kl"],
         llama_cpp_dir=LLAMA_CPP_DIR,
         code=code_hash("report", "results", "provenance"),
-    log:
-        "reports/logs/report.log",
     script:
         "../scripts/report.py"

@@ -7,8 +7,18 @@ from quantflow import bench, stats
 from quantflow.data import read_jsonl
 from quantflow.quantize import quantize
 
-CFG = dict(n_ctx=64, max_chunks=4, topk=32, prompt_tokens=16, gen_tokens=8, warmup=1, repetitions=3,
-           max_repetitions=5, target_ci=0.03, max_answer_tokens=4)
+CFG = dict(
+    n_ctx=64,
+    max_chunks=4,
+    topk=32,
+    prompt_tokens=16,
+    gen_tokens=8,
+    warmup=1,
+    repetitions=3,
+    max_repetitions=5,
+    target_ci=0.03,
+    max_answer_tokens=4,
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +103,15 @@ def test_speed_in_isolated_process(tiny_f16, reference, tiny_data):
 def test_run_variant_result_validates(tiny_f16, reference, tiny_data):
     from quantflow.results import validate
 
-    r = bench.run_variant(tiny_f16, reference, read_jsonl(tiny_data["test"])[:3],
-                          read_jsonl(tiny_data["prompts"])[:2], CFG, 2,
-                          {"model": "t", "ft": "base", "variant": "gguf-f16", "quant": "F16"})
+    r = bench.run_variant(
+        tiny_f16,
+        reference,
+        read_jsonl(tiny_data["test"])[:3],
+        read_jsonl(tiny_data["prompts"])[:2],
+        CFG,
+        2,
+        {"model": "t", "ft": "base", "variant": "gguf-f16", "quant": "F16"},
+    )
     r["provenance"] = {"cpu": "x"}
     validate(r)
     assert r["file"]["tensor_types"]["F16"] > 0

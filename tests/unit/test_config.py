@@ -59,8 +59,9 @@ def test_dimension_not_multiple_of_256():
 
 
 def test_local_model_without_directory():
-    msg = broken(lambda c: c["models"].append({"name": "x", "source": "local", "path": "no/such/dir",
-                                               "data": DEFAULT_DATA}))
+    msg = broken(
+        lambda c: c["models"].append({"name": "x", "source": "local", "path": "no/such/dir", "data": DEFAULT_DATA})
+    )
     assert "models[1].path" in msg
 
 
@@ -68,15 +69,19 @@ DEFAULT_DATA = {k: "config.yaml" for k in ("sft_train", "sft_eval", "test", "hel
 
 
 def test_hub_id_offline_says_how_to_use_a_local_copy():
-    msg = broken(lambda c: c["models"].append({"name": "t", "source": "hub", "hf": "nobody/not-a-model",
-                                               "data": DEFAULT_DATA}))
+    msg = broken(
+        lambda c: c["models"].append({"name": "t", "source": "hub", "hf": "nobody/not-a-model", "data": DEFAULT_DATA})
+    )
     assert "models[1].hf" in msg and "source: local" in msg
 
 
 def test_aliases_resolve_to_one_name():
     assert canonical_quant("q4_k") == "Q4_K_M"
     assert list(normalise_quants(["Q3_K", "Q5_K", {"type": "Q4_K", "output_tensor_type": "Q8_0"}])) == [
-        "Q3_K_M", "Q5_K_M", "Q4_K_M"]
+        "Q3_K_M",
+        "Q5_K_M",
+        "Q4_K_M",
+    ]
     with pytest.raises(ConfigError, match="listed twice"):
         normalise_quants(["Q4_K", "Q4_K_M"])
 

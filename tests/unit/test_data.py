@@ -3,13 +3,24 @@ import hashlib
 from quantflow import data
 from quantflow.data import CATEGORIES
 
-SIZES = dict(countries=12, creatures=8, corpus_lines=100, heldout_lines=10, calibration_lines=10,
-             sft_train=70, sft_eval=14, test=28, prompts=7)
+SIZES = dict(
+    countries=12,
+    creatures=8,
+    corpus_lines=100,
+    heldout_lines=10,
+    calibration_lines=10,
+    sft_train=70,
+    sft_eval=14,
+    test=28,
+    prompts=7,
+)
 
 
 def _digest(tmp_path, seed):
-    out = {k: str(tmp_path / f"{seed}-{k}") for k in
-           ("corpus", "heldout", "calibration", "sft_train", "sft_eval", "test", "prompts")}
+    out = {
+        k: str(tmp_path / f"{seed}-{k}")
+        for k in ("corpus", "heldout", "calibration", "sft_train", "sft_eval", "test", "prompts")
+    }
     data.write_demo_data(out, seed, SIZES)
     return {k: hashlib.sha256(open(v, "rb").read()).hexdigest() for k, v in out.items()}
 

@@ -8,8 +8,19 @@ from safetensors.torch import load_file
 
 from quantflow.finetune import load_sft_dataset, merge, train
 
-PARAMS = dict(method="lora", r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
-              learning_rate=5e-3, steps=3, batch_size=4, max_length=48, warmup_steps=0, seed=11)
+PARAMS = dict(
+    method="lora",
+    r=4,
+    alpha=8,
+    dropout=0.0,
+    target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+    learning_rate=5e-3,
+    steps=3,
+    batch_size=4,
+    max_length=48,
+    warmup_steps=0,
+    seed=11,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +35,15 @@ def test_training_metrics(adapter):
     assert m["steps"] == 3
     assert 0 < m["trainable_params"] < m["total_params"]
     assert m["trainable_pct"] == pytest.approx(100 * m["trainable_params"] / m["total_params"])
-    for k in ("train_loss", "eval_loss", "eval_ppl", "mean_token_accuracy", "train_samples_per_s", "wall_s",
-              "peak_rss_mb"):
+    for k in (
+        "train_loss",
+        "eval_loss",
+        "eval_ppl",
+        "mean_token_accuracy",
+        "train_samples_per_s",
+        "wall_s",
+        "peak_rss_mb",
+    ):
         assert m[k] == m[k] and m[k] >= 0, k  # not NaN
     json.dumps(m)
 

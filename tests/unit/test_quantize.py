@@ -29,8 +29,12 @@ def test_quantize_writes_the_requested_types(tiny_f16, tmp_path, qtype):
 
 
 def test_tensor_type_overrides(tiny_f16, tmp_path):
-    s = quantize(tiny_f16, tmp_path / "o.gguf", {"type": "Q4_K_M", "output_tensor_type": "Q8_0",
-                                                  "token_embedding_type": "Q8_0"}, threads=2)
+    s = quantize(
+        tiny_f16,
+        tmp_path / "o.gguf",
+        {"type": "Q4_K_M", "output_tensor_type": "Q8_0", "token_embedding_type": "Q8_0"},
+        threads=2,
+    )
     assert s["tensors"]["output.weight"][0] == "Q8_0"
     assert s["tensors"]["token_embd.weight"][0] == "Q8_0"
 
@@ -51,8 +55,11 @@ def test_fallback_is_detected_and_named(tiny_tokenizer, tmp_path):
 
 
 def test_fallback_rule_pure():
-    tensors = {"blk.0.attn_q.weight": ("Q4_0", [320, 320]), "blk.0.attn_norm.weight": ("F32", [320]),
-               "blk.0.ffn_up.weight": ("Q4_K", [512, 256])}
+    tensors = {
+        "blk.0.attn_q.weight": ("Q4_0", [320, 320]),
+        "blk.0.attn_norm.weight": ("F32", [320]),
+        "blk.0.ffn_up.weight": ("Q4_K", [512, 256]),
+    }
     assert fallback_tensors(tensors, "Q4_K_M", {}) == ["blk.0.attn_q.weight=Q4_0"]
 
 

@@ -120,9 +120,7 @@ def make_result(
 
 def all_results() -> list[dict[str, Any]]:
     results = [make_result(ft, *spec) for ft, specs in VARIANTS.items() for spec in specs]
-    results.append(
-        make_result("lora", "gguf-Q2_K", "Q2_K", status="not_run", reason=NOT_RUN_REASON)
-    )
+    results.append(make_result("lora", "gguf-Q2_K", "Q2_K", status="not_run", reason=NOT_RUN_REASON))
     return results
 
 
@@ -376,9 +374,7 @@ def test_render_leaves_no_temp_files_and_replaces_old_report(tmp_path: Path) -> 
 
 
 def test_render_single_variant(tmp_path: Path) -> None:
-    report.render(
-        [make_result("base", *VARIANTS["base"][2])], [], RUN, tmp_path, quality_floor_kl=0.05
-    )
+    report.render([make_result("base", *VARIANTS["base"][2])], [], RUN, tmp_path, quality_floor_kl=0.05)
     assert "<svg" in (tmp_path / "index.html").read_text(encoding="utf-8")
     assert len(pd.read_csv(tmp_path / "results.csv")) == 1
 

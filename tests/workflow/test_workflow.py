@@ -18,8 +18,20 @@ pytestmark = pytest.mark.slow
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path = TINY, timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(configfile), "--cores", "2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--cores",
+        "2",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -60,8 +72,11 @@ def test_gguf_files_hold_the_requested_types(run):
 
     for ft in ("base", "lora"):
         for q in ("Q8_0", "Q4_K_M", "Q3_K_M"):
-            types = {t.tensor_type.name for t in GGUFReader(run / f"results/tiny/{ft}/gguf/{q}.gguf").tensors
-                     if len(t.shape) == 2}
+            types = {
+                t.tensor_type.name
+                for t in GGUFReader(run / f"results/tiny/{ft}/gguf/{q}.gguf").tensors
+                if len(t.shape) == 2
+            }
             assert types <= ALLOWED_TYPES[q], (ft, q, types)
 
 
@@ -111,8 +126,19 @@ def test_broken_config_fails_before_any_job(tmp_path, mutate, key):
     wd = tmp_path / "wd"
     wd.mkdir()
     # Only the broken file: the Snakefile's own configfile would otherwise fill in removed keys.
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd),
-           "--configfile", str(path), "--cores", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(wd),
+        "--configfile",
+        str(path),
+        "--cores",
+        "1",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0
     errors = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("quantflow: config key")]
@@ -121,11 +147,37 @@ def test_broken_config_fails_before_any_job(tmp_path, mutate, key):
 
 
 def test_default_config_dry_run_plans_the_whole_chain(tmp_path):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-           "--configfile", str(REPO / "config.yaml"), "--cores", "2", "-n"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        "--cores",
+        "2",
+        "-n",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     stats = job_stats(p.stdout)
     n_quants = len(yaml.safe_load((REPO / "config.yaml").read_text())["quants"])
     assert stats["quantize"] == 2 * n_quants and stats["bench"] == 2 * (n_quants + 1)
     assert stats["finetune"] == 1 and stats["merge"] == 1 and stats["convert"] == 2
+
+
+def test_reordering_config_keys_reruns_nothing(run, tmp_path):
+    def reverse(obj):
+        if isinstance(obj, dict):
+            return {k: reverse(obj[k]) for k in reversed(list(obj))}
+        if isinstance(obj, list):
+            return [reverse(v) for v in obj]
+        return obj
+
+    path = tmp_path / "reordered.yaml"
+    path.write_text(yaml.safe_dump(reverse(yaml.safe_load(TINY.read_text())), sort_keys=False))
+    p = snakemake(run, "-n", configfile=path)
+    assert "Nothing to be done" in p.stdout + p.stderr, p.stdout[-2000:]
