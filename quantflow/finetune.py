@@ -18,15 +18,71 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+DATASET_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+METHODS = ("lora", "qlora8", "qlora4", "full")
+
+
 def load_sft_dataset(path: str | Path):
-    """A prompt/completion JSONL as a `datasets` Dataset with just the columns trl needs."""
+    """A local JSONL / CSV / Parquet file as a `datasets` Dataset in one of trl's two formats.
+
+    prompt/completion rows train on the completion only; chat rows (a "messages" list of
+    {role, content}) go through the tokenizer's chat template.
+    """
     from datasets import load_dataset
 
-    ds = load_dataset("json", data_files=str(path), split="train")
+    p = Path(path)
+    builder = DATASET_BUILDERS.get(p.suffix.lower())
+    if builder is None:
+        raise ValueError(f"{p}: unsupported data file type {p.suffix!r}; use one of {', '.join(DATASET_BUILDERS)}")
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: data file not found")
+    ds = load_dataset(builder, data_files=str(p), split="train")
+    if len(ds) == 0:
+        raise ValueError(f"{p}: no rows")
+    if "messages" in ds.column_names:
+        return ds.select_columns(["messages"])
     missing = {"prompt", "completion"} - set(ds.column_names)
     if missing:
-        raise ValueError(f"{path}: rows lack field(s) {sorted(missing)}; each row needs 'prompt' and 'completion'")
+        raise ValueError(
+            f"{p}: rows lack field(s) {sorted(missing)}; each row needs 'prompt' and 'completion' "
+            "(or a chat 'messages' list)"
+        )
     return ds.select_columns(["prompt", "completion"])
+
+
+def quantization_config(method: str):
+    """bitsandbytes settings for the QLoRA methods (bitsandbytes >= 0.49 runs them on CPU too)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if method == "qlora8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if method == "qlora4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        )
+    return None
+
+
+def load_base(base_dir: str, method: str):
+    """The base model as the method trains it: fp32, or quantized at load for QLoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    qc = quantization_config(method)
+    if qc is None:
+        return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    from peft import prepare_model_for_kbit_training
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dir, quantization_config=qc, dtype=torch.float32, device_map={"": device}
+    )
+    # No gradient checkpointing: on CPU it costs 2-4x the step time and memory is not short.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def lora_config(params: dict):
@@ -55,15 +111,22 @@ def _progress_callback():
 
 
 def train(base_dir: str, train_path: str, eval_path: str, adapter_dir: str, params: dict, threads: int) -> dict:
-    """Train one fine-tune variant; save the adapter; return the training metrics."""
+    """Train one fine-tune variant; save the adapter (or, for `full`, the model); return its metrics.
+
+    Uses a GPU when one is visible, else the CPU (QLoRA included: bitsandbytes runs 8-bit and NF4
+    on CPU), so a `gpu=1` job that Snakemake runs on a GPU-less node still completes.
+    """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoTokenizer, set_seed
     from trl import SFTConfig, SFTTrainer
 
     torch.set_num_threads(threads)
     set_seed(params["seed"], deterministic=True)
     tok = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    method = params["method"]
+    if method not in METHODS:
+        raise ValueError(f"unknown fine-tune method {method!r}; expected one of {', '.join(METHODS)}")
+    model = load_base(base_dir, method)
     train_ds, eval_ds = load_sft_dataset(train_path), load_sft_dataset(eval_path)
     out = Path(adapter_dir)
     cfg = SFTConfig(
@@ -77,7 +140,7 @@ def train(base_dir: str, train_path: str, eval_path: str, adapter_dir: str, para
         max_length=params["max_length"],
         seed=params["seed"],
         data_seed=params["seed"],
-        use_cpu=True,
+        use_cpu=not torch.cuda.is_available(),
         activation_checkpointing=False,  # on CPU it costs 2-4x the step time and memory is not short
         logging_steps=10,
         logging_first_step=True,
@@ -86,7 +149,7 @@ def train(base_dir: str, train_path: str, eval_path: str, adapter_dir: str, para
         report_to=[],
         dataloader_num_workers=0,
         disable_tqdm=True,
-        completion_only_loss=True,
+        completion_only_loss=None,  # trl's default: completion-only for prompt/completion rows
     )
     trainer = SFTTrainer(
         model=model,
@@ -94,11 +157,15 @@ def train(base_dir: str, train_path: str, eval_path: str, adapter_dir: str, para
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tok,
-        peft_config=lora_config(params),
+        peft_config=None if method == "full" else lora_config(params),
         callbacks=[_progress_callback()],
     )
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in trainer.model.parameters())
+    if hasattr(trainer.model, "get_nb_trainable_parameters"):  # peft counts packed 4-bit weights right
+        trainable, total = trainer.model.get_nb_trainable_parameters()
+    else:
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in trainer.model.parameters())
+    size_mb = trainer.model.get_memory_footprint() / 2**20
     log.info("trainable parameters: %d of %d (%.3f %%)", trainable, total, 100 * trainable / total)
     t0 = time.perf_counter()
     result = trainer.train()
@@ -108,10 +175,12 @@ def train(base_dir: str, train_path: str, eval_path: str, adapter_dir: str, para
     save_tokenizer(tok, out, Path(base_dir) / "tokenizer.model")
     train_logs = [r for r in trainer.state.log_history if "loss" in r]
     metrics = {
-        "method": params["method"],
+        "method": method,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
         "trainable_params": int(trainable),
         "total_params": int(total),
         "trainable_pct": 100.0 * trainable / total,
+        "model_size_mb": size_mb,
         "steps": int(result.global_step),
         "train_loss": float(result.training_loss),
         "final_train_loss": float(train_logs[-1]["loss"]) if train_logs else float("nan"),
@@ -131,14 +200,18 @@ def train(base_dir: str, train_path: str, eval_path: str, adapter_dir: str, para
 def merge(base_dir: str, adapter_dir: str, out_dir: str) -> None:
     """Merge an adapter into a full-precision (fp32) copy of the base and save it.
 
-    Always fp32 and never a quantized base: merging into 4-bit weights rounds the update away.
+    Always fp32 and never a quantized base, QLoRA adapters included: merging into 4-bit weights
+    rounds the update away. A `full` fine-tune has no adapter: its model is saved as is.
     """
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    if (Path(adapter_dir) / "adapter_config.json").exists():
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    else:
+        merged = AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=torch.float32)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out)

@@ -21,6 +21,8 @@ rule finetune:
     resources:
         mem_mb=8000,
         runtime=120,
+        # Prefers a GPU; the script falls back to the CPU (Snakemake runs gpu=1 jobs even with gpu=0).
+        gpu=1 if config["gpu_jobs"] else 0,
     params:
         ft=lambda wc: FINETUNES[wc.ft],
         code=code_hash("finetune", "demo"),

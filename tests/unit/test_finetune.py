@@ -30,6 +30,38 @@ def adapter(tiny_hf, tiny_data, tmp_path_factory):
     return out, metrics
 
 
+@pytest.mark.parametrize("method", ["qlora8", "qlora4", "full"])
+def test_every_method_trains_and_merges_exactly(method, tiny_hf, tiny_data, tmp_path):
+    """Real optimizer steps per method; the merged fp32 model equals base + adapter (or the trained model)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    params = {**PARAMS, "method": method}
+    out = tmp_path / "adapter"
+    m = train(str(tiny_hf), str(tiny_data["sft_train"]), str(tiny_data["sft_eval"]), str(out), params, threads=2)
+    assert m["steps"] == 3 and m["method"] == method
+    if method == "full":
+        assert m["trainable_params"] == m["total_params"]
+    else:
+        assert 0 < m["trainable_pct"] < 50
+        assert (out / "adapter_config.json").exists()
+    merge(str(tiny_hf), str(out), str(tmp_path / "merged"))
+    x = torch.tensor([[1, 20, 30, 40, 50, 60, 70]])
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32)
+        if method == "full":
+            want = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()(x).logits
+        else:
+            # The adapter applied to the full-precision base: what the merged model must equal.
+            want = PeftModel.from_pretrained(base, out).eval()(x).logits
+        got = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()(x).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32).eval()(x).logits
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-4)
+    merged_dtypes = {t.dtype for t in load_file(tmp_path / "merged" / "model.safetensors").values()}
+    assert merged_dtypes == {torch.float32}  # never merged into quantized weights
+
+
 def test_training_metrics(adapter):
     _, m = adapter
     assert m["steps"] == 3
@@ -74,6 +106,22 @@ def test_merged_logits_equal_base_plus_adapter(adapter, tiny_hf, tmp_path):
         plain = AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32).eval()(x).logits
     assert torch.allclose(got, want, atol=1e-4)
     assert not torch.allclose(got, plain, atol=1e-4)  # the adapter changed something
+
+
+def test_dataset_formats(tmp_path):
+    import pandas as pd
+
+    rows = [{"prompt": "Question: a?\nAnswer:", "completion": " b"}] * 3
+    pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
+    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
+    (tmp_path / "chat.jsonl").write_text(
+        json.dumps({"messages": [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "b"}]}) + "\n"
+    )
+    assert load_sft_dataset(tmp_path / "d.csv").column_names == ["prompt", "completion"]
+    assert len(load_sft_dataset(tmp_path / "d.parquet")) == 3
+    assert load_sft_dataset(tmp_path / "chat.jsonl").column_names == ["messages"]
+    with pytest.raises(ValueError, match="unsupported data file type"):
+        load_sft_dataset(tmp_path / "d.txt")
 
 
 def test_dataset_without_fields(tmp_path):
