@@ -7,7 +7,8 @@
 #   make clean      remove workflow outputs (results/ reports/ .snakemake/)
 #   make distclean  clean, and remove .venv
 #
-# Needs only python3 (>= 3.11) and the package indexes pip is configured with.
+# Needs python3 (>= 3.11), cmake and a C++ compiler (llama-cpp-python compiles from source), and the
+# package indexes pip is configured with.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -33,7 +34,8 @@ INSTALL_STAMP := $(VENV)/.installed-$(DEPS_HASH)
 TORCH_PIN := $(shell grep -E '^torch==' constraints.txt)
 PIP_PIN := $(shell grep -E '^pip==' constraints.txt)
 LLAMA_CPP_PY_VERSION := $(shell sed -n 's/^[[:space:]]*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)
-LLAMA_CPP_STAMP := $(VENV)/llama.cpp/.from-llama-cpp-python-$(LLAMA_CPP_PY_VERSION)
+# Builds of llama.cpp's tools are kept per machine outside the repo, so a fresh clone reuses them.
+BUILD_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/quantflow/llama.cpp-build
 
 # `$(LOGGED) "what" cmd args...`: run cmd with its output appended to $(INSTALL_LOG), print one line
 # for the step, and on failure show the end of the log. pip's `WARNING: Location '...' is ignored` lines
@@ -55,7 +57,7 @@ LOGGED = logged() { \
 help:
 	@sed -n '3,9s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
-venv: $(INSTALL_STAMP) $(LLAMA_CPP_STAMP)
+venv: $(INSTALL_STAMP)
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -64,22 +66,26 @@ $(PY):
 	@$(PYTHON) -m venv $(VENV)
 
 # Not dependent on pyproject.toml's mtime: the hash in the stamp's name is what decides.
+# Order: CPU torch first; llama.cpp's converter from the pinned llama-cpp-python sdist; then that sdist
+# compiled once into the binding's wheel plus llama.cpp's tools (scripts/build_llama_tools.py; ~6 min the
+# first time on a machine, cached after); then the project, taking that wheel through --find-links.
 $(INSTALL_STAMP): | $(PY)
 	@test -n '$(TORCH_PIN)' || { echo 'constraints.txt pins no torch==' >&2; exit 1; }
+	@test -n '$(LLAMA_CPP_PY_VERSION)' || { echo 'pyproject.toml pins no llama-cpp-python==' >&2; exit 1; }
 	@rm -f $(VENV)/.installed-*
 	@$(LOGGED) "upgrading pip ($(PIP_PIN))" $(PIP) install --upgrade -c constraints.txt pip
 	@$(LOGGED) "installing $(TORCH_PIN) (CPU wheel)" $(PIP) install -c constraints.txt '$(TORCH_PIN)'
-	@$(LOGGED) "installing quantflow and its pinned dependencies" $(PIP) install -c constraints.txt -e '.[test]'
+	@echo '==> llama.cpp converter from llama-cpp-python $(LLAMA_CPP_PY_VERSION) into $(VENV)/llama.cpp'
+	@$(PY) scripts/setup_llama_cpp.py --version '$(LLAMA_CPP_PY_VERSION)' --dest $(VENV)/llama.cpp --cache '$(SDIST_CACHE)'
+	@echo '==> llama-cpp-python $(LLAMA_CPP_PY_VERSION) and llama.cpp tools (compiled once per machine)'
+	@$(PY) scripts/build_llama_tools.py --version '$(LLAMA_CPP_PY_VERSION)' --dest $(VENV)/llama.cpp/bin \
+	  --cache '$(SDIST_CACHE)' --build-cache '$(BUILD_CACHE)' --print-wheel-dir > $(VENV)/.llama-wheel-dir
+	@$(LOGGED) "installing quantflow and its pinned dependencies" \
+	  $(PIP) install -c constraints.txt --find-links "$$(cat $(VENV)/.llama-wheel-dir)" -e '.[test]'
 	@$(PY) -W ignore -c 'import sys, torch; sys.exit(torch.version.cuda is not None and not torch.cuda.is_available())' \
 	  || { echo "A CUDA build of torch is installed on a machine without a GPU: torch $$($(PY) -c 'import torch; print(torch.__version__)')" >&2; exit 1; }
 	@touch $@
 	@echo "==> $(VENV) is up to date (install log: $(INSTALL_LOG))"
-
-# llama.cpp's converter, from the sdist of the pinned llama-cpp-python (see scripts/setup_llama_cpp.py).
-$(LLAMA_CPP_STAMP): | $(INSTALL_STAMP)
-	@test -n '$(LLAMA_CPP_PY_VERSION)' || { echo 'pyproject.toml pins no llama-cpp-python==' >&2; exit 1; }
-	@echo '==> llama.cpp converter from llama-cpp-python $(LLAMA_CPP_PY_VERSION) into $(VENV)/llama.cpp'
-	@$(PY) scripts/setup_llama_cpp.py --version '$(LLAMA_CPP_PY_VERSION)' --dest $(VENV)/llama.cpp --cache '$(SDIST_CACHE)'
 
 run: venv
 	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)

@@ -113,6 +113,21 @@ def normalise_quants(entries: list) -> dict[str, dict]:
     return out
 
 
+IMAT_SUFFIX = "-imat"
+
+
+def quant_variants(cfg: dict) -> dict[str, dict]:
+    """Every {quant} wildcard value -> its options: the listed types, plus '<type>-imat' variants."""
+    out = normalise_quants(cfg["quants"])
+    known = llama_quant_types()
+    for i, t in enumerate(cfg.get("imatrix", {}).get("types", [])):
+        c = canonical_quant(t)
+        if c not in known:
+            raise ConfigError(f"config key imatrix.types[{i}]: unknown quantization type {t!r}")
+        out[c + IMAT_SUFFIX] = canonical({**out.get(c, {"type": c}), "imatrix": True})
+    return out
+
+
 def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
     errs = []
     names = [m["name"] for m in cfg["models"]]
@@ -146,9 +161,16 @@ def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
         if ft_names.count(f["name"]) > 1:
             errs.append(f"config key finetunes[{i}].name: {f['name']!r} is used twice; names must be unique")
     try:
-        normalise_quants(cfg["quants"])
+        quant_variants(cfg)
     except ConfigError as e:
         errs.append(str(e))
+    if cfg["imatrix"]["types"]:
+        for i, m in enumerate(cfg["models"]):
+            if m["source"] != "demo" and "calibration" not in m.get("data", {}):
+                errs.append(
+                    f"config key models[{i}].data.calibration: required when imatrix.types is set "
+                    "(calibration text for the importance matrix; never the held-out text)"
+                )
     b = cfg["bench"]
     if b["prompt_tokens"] + b["gen_tokens"] > b["n_ctx"]:
         errs.append(

@@ -95,8 +95,14 @@ def fallback_tensors(tensors: dict[str, tuple[str, list[int]]], ftype: str, over
     return bad
 
 
-def quantize(src: str | Path, dst: str | Path, opts: dict, threads: int) -> dict:
-    """Quantize ``src`` (f16/bf16 GGUF) into ``dst`` with llama.cpp; verify; return the summary."""
+def quantize(
+    src: str | Path, dst: str | Path, opts: dict, threads: int, imatrix: str | Path | None = None, llama_cpp_dir=None
+) -> dict:
+    """Quantize ``src`` (f16/bf16 GGUF) into ``dst`` with llama.cpp; verify; return the summary.
+
+    Without an importance matrix the binding's llama_model_quantize does it in-process; with one,
+    llama.cpp's llama-quantize tool (the binding cannot pass an importance matrix).
+    """
     import llama_cpp
 
     from .config import ggml_types, llama_quant_types
@@ -117,10 +123,19 @@ def quantize(src: str | Path, dst: str | Path, opts: dict, threads: int) -> dict
         params.quantize_output_tensor = False
     dst = Path(dst)
     tmp = dst.with_name(f".{dst.name}.partial")
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-    if rc != 0:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"llama_model_quantize({src} -> {ftype}) returned {rc}")
+    if imatrix is not None:
+        from .llama_tools import quantize_with_imatrix
+
+        try:
+            quantize_with_imatrix(llama_cpp_dir, src, tmp, opts, imatrix, threads)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    else:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"llama_model_quantize({src} -> {ftype}) returned {rc}")
     check_gguf(tmp)
     summary = tensor_summary(tmp)
     if opts.get("leave_output_tensor") and "output.weight" in summary["tensors"]:

@@ -1,9 +1,34 @@
 # One llama.cpp quantization type per job, always from the f16 (never requantized).
 
 
+rule imatrix:
+    input:
+        gguf=rules.convert.output.gguf,
+        calibration=get_data("calibration"),
+    output:
+        imatrix="results/{model}/{ft}/imatrix.gguf",
+    log:
+        "results/{model}/{ft}/logs/imatrix.log",
+    benchmark:
+        "results/{model}/{ft}/benchmarks/imatrix.tsv"
+    conda:
+        "../envs/quantflow.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        settings=config["imatrix"],
+        llama_cpp_dir=LLAMA_CPP_DIR,
+        code=code_hash("llama_tools"),
+    script:
+        "../scripts/imatrix.py"
+
+
 rule quantize:
     input:
         gguf=rules.convert.output.gguf,
+        imatrix=get_imatrix,
     output:
         gguf="results/{model}/{ft}/gguf/{quant}.gguf",
     log:
@@ -18,6 +43,7 @@ rule quantize:
         runtime=30,
     params:
         opts=lambda wc: QUANTS[wc.quant],
-        code=code_hash("quantize", "config"),
+        llama_cpp_dir=LLAMA_CPP_DIR,
+        code=code_hash("quantize", "config", "llama_tools"),
     script:
         "../scripts/quantize.py"

@@ -73,3 +73,24 @@ def test_truncated_gguf_is_rejected(tiny_f16, tmp_path):
     junk.write_bytes(b"NOPE" + data[4:100])
     with pytest.raises(ValueError, match="bad magic"):
         check_gguf(junk)
+
+
+def test_imatrix_variants_have_the_requested_types_and_differ(tiny_f16, tiny_data, tmp_path):
+    """llama-imatrix on the calibration text, then llama-quantize with it: real types, different weights."""
+    from conftest import LLAMA_CPP_DIR
+    from gguf import GGUFReader
+
+    from quantflow.llama_tools import imatrix
+
+    imat = tmp_path / "imatrix.gguf"
+    imatrix(LLAMA_CPP_DIR, tiny_f16, tiny_data["corpus"], imat, n_ctx=64, chunks=4, threads=2)
+    check_gguf(imat)
+    for qtype in ("Q4_K_M", "Q3_K_M"):
+        plain = quantize(tiny_f16, tmp_path / f"{qtype}.gguf", {"type": qtype}, threads=2)
+        withi = quantize(tiny_f16, tmp_path / f"{qtype}-imat.gguf", {"type": qtype}, threads=2, imatrix=imat,
+                         llama_cpp_dir=LLAMA_CPP_DIR)  # fmt: skip
+        assert {t for t, s in withi["tensors"].values() if len(s) == 2} <= ALLOWED_TYPES[qtype]
+        assert withi["tensor_types"] == plain["tensor_types"]
+        a = {t.name: bytes(t.data) for t in GGUFReader(tmp_path / f"{qtype}.gguf").tensors}
+        b = {t.name: bytes(t.data) for t in GGUFReader(tmp_path / f"{qtype}-imat.gguf").tensors}
+        assert a["blk.0.ffn_down.weight"] != b["blk.0.ffn_down.weight"]  # the matrix changed the rounding

@@ -1,0 +1,123 @@
+"""llama.cpp's own command-line tools, built from the pinned sources by `make venv`.
+
+llama-bench (its JSON output) gives the engine's figures beside ours; llama-perplexity cross-checks
+our perplexity and KL; llama-imatrix and llama-quantize make importance-matrix quantizations, which
+the Python binding cannot (its quantize call takes no importance matrix).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# llama-perplexity prints its results as text only (no JSON mode); these are its own labels.
+_PPL = re.compile(r"(?:Final estimate: PPL =|Mean PPL\(Q\)\s+:)\s*([0-9.]+)")
+_KLD = re.compile(r"Mean\s+KLD:\s+([-0-9.eE+]+)")
+_TOP1 = re.compile(r"Same top p:\s+([0-9.]+)")
+
+
+def tool(llama_cpp_dir: str | Path, name: str) -> Path:
+    p = Path(llama_cpp_dir) / "bin" / name
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"{p} is missing: run `make venv` (it builds llama.cpp's tools from the pinned sources)"
+        )
+    return p
+
+
+def _run(cmd: list[str], expect: re.Pattern | None = None, timeout: int = 3600, tries: int = 3) -> str:
+    """Run a tool and return its output; rerun it when the line it must print (``expect``) is missing.
+
+    llama.cpp's logger writes from a background thread and is deliberately never torn down, so the
+    last lines can be lost at exit (llama.cpp issue #22142): seen here for llama-perplexity's final
+    estimate about one run in six. The computation is deterministic, so a rerun is a safe remedy.
+    A tool that reports an error (" E " lines) with exit 0 is caught too.
+    """
+    name = Path(cmd[0]).name
+    for attempt in range(1, tries + 1):
+        log.info("running %s", " ".join(cmd))
+        with tempfile.TemporaryFile("w+") as out:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False)
+            out.seek(0)
+            text = out.read()
+        for line in text.splitlines()[-40:]:
+            log.info("%s: %s", name, line)
+        errors = [ln for ln in text.splitlines() if re.search(r"^\S+ E ", ln)]
+        if proc.returncode != 0 or errors:
+            raise RuntimeError(f"{name} failed (exit {proc.returncode}): {(errors or [text.strip()[-300:]])[0]}")
+        if expect is None or expect.search(text):
+            return text
+        log.warning("%s printed no %r (attempt %d of %d); running it again", name, expect.pattern, attempt, tries)
+    raise RuntimeError(f"{name} printed no {expect.pattern!r} in {tries} runs")
+
+
+def llama_bench(llama_cpp_dir, gguf, threads: int, n_prompt: int, n_gen: int, reps: int) -> dict:
+    """pp and tg rates as llama-bench measures them (mean and stdev over `reps`, its own warm-up)."""
+    out = subprocess.run(
+        [str(tool(llama_cpp_dir, "llama-bench")), "-m", str(gguf), "-t", str(threads), "-p", str(n_prompt),
+         "-n", str(n_gen), "-r", str(reps), "-o", "json"],
+        capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"llama-bench failed (exit {out.returncode}): {out.stderr.strip()[-300:]}")
+    res = {}
+    for rec in json.loads(out.stdout):
+        key = "pp" if rec["n_prompt"] and not rec["n_gen"] else "tg"
+        res[f"{key}_tps"] = float(rec["avg_ts"])
+        res[f"{key}_sd"] = float(rec["stddev_ts"])
+        res[f"{key}_tokens"] = int(rec["n_prompt"] or rec["n_gen"])
+    res["reps"] = reps
+    res["threads"] = threads
+    return res
+
+
+def llama_perplexity(
+    llama_cpp_dir, gguf, text_file, n_ctx: int, chunks: int, threads: int, kl_base=None, save_base=None
+) -> dict:
+    """llama-perplexity's PPL (and, against a saved base, mean KLD and top-1 agreement).
+
+    With ``save_base`` it only writes the base logits: in that mode it prints no final estimate.
+    """
+    cmd = [str(tool(llama_cpp_dir, "llama-perplexity")), "-m", str(gguf), "-f", str(text_file), "-c", str(n_ctx),
+           "-b", str(n_ctx), "--chunks", str(chunks), "-t", str(threads)]  # fmt: skip
+    if save_base:
+        cmd += ["--kl-divergence-base", str(save_base)]
+    if kl_base:
+        cmd += ["--kl-divergence-base", str(kl_base), "--kl-divergence"]
+    text = _run(cmd, expect=None if save_base else (_KLD if kl_base else _PPL))
+    res = {}
+    if m := _PPL.search(text):
+        res["ppl"] = float(m.group(1))
+    if m := _KLD.search(text):
+        res["kl_mean"] = float(m.group(1))
+    if m := _TOP1.search(text):
+        res["top1_agreement"] = float(m.group(1)) / 100
+    return res
+
+
+def imatrix(llama_cpp_dir, gguf, calib_file, out, n_ctx: int, chunks: int, threads: int) -> None:
+    """Importance matrix of `gguf` over the calibration text, written atomically to `out`."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.partial{out.suffix}")
+    _run([str(tool(llama_cpp_dir, "llama-imatrix")), "-m", str(gguf), "-f", str(calib_file), "-o", str(tmp),
+          "-c", str(n_ctx), "-b", str(n_ctx), "--chunks", str(chunks), "-t", str(threads)])  # fmt: skip
+    os.replace(tmp, out)
+
+
+def quantize_with_imatrix(llama_cpp_dir, src, dst, opts: dict, imatrix_file, threads: int) -> None:
+    """llama-quantize with an importance matrix (the binding's quantize call cannot pass one)."""
+    cmd = [str(tool(llama_cpp_dir, "llama-quantize")), "--imatrix", str(imatrix_file)]
+    if "output_tensor_type" in opts:
+        cmd += ["--output-tensor-type", opts["output_tensor_type"]]
+    if "token_embedding_type" in opts:
+        cmd += ["--token-embedding-type", opts["token_embedding_type"]]
+    if opts.get("leave_output_tensor"):
+        cmd += ["--leave-output-tensor"]
+    _run([*cmd, str(src), str(dst), opts["type"], str(threads)])
