@@ -317,7 +317,14 @@ def load_reference(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def run_variant(
-    gguf: str | Path, reference: str | Path, test: list[dict], prompts: list[dict], cfg: dict, threads: int, meta: dict
+    gguf: str | Path,
+    reference: str | Path,
+    test: list[dict],
+    prompts: list[dict],
+    cfg: dict,
+    threads: int,
+    meta: dict,
+    llama_cpp_dir: str | Path | None = None,
 ) -> dict:
     """Every measurement of one GGUF variant, as a result dict (see result.schema.yaml).
 
@@ -331,6 +338,15 @@ def run_variant(
         raise ValueError("the prompt suite is empty: latency and answers need at least one prompt")
     prompt = [int(t) for t in ref["chunks"].reshape(-1)[: cfg["prompt_tokens"]]]
     speed, memory = measure_speed_isolated(gguf, cfg, threads, prompt, prompts)
+    engine = None
+    if llama_cpp_dir is not None:  # llama.cpp's own figure beside ours, same threads and token counts
+        from .llama_tools import llama_bench
+
+        engine = llama_bench(
+            llama_cpp_dir, gguf, threads, speed["prompt_tokens"], cfg["gen_tokens"], cfg["repetitions"]
+        )
+        engine["python_vs_engine_tg"] = speed["decode_tps"]["median"] / engine["tg_tps"]
+        engine["python_vs_engine_pp"] = speed["prompt_tps"]["median"] / engine["pp_tps"]
     quality = measure_quality(gguf, ref, cfg, threads)
     answers, acc = answer_tasks(gguf, test, cfg, threads)
     quality.update(acc)
@@ -350,6 +366,7 @@ def run_variant(
             "tensor_types": summ["tensor_types"],
         },
         "speed": speed,
+        **({"llama_bench": engine} if engine else {}),
         "memory": memory,
         "quality": quality,
         "answers": answers,

@@ -16,7 +16,7 @@ rule reference:
         mem_mb=8000,
         runtime=30,
     params:
-        bench=config["bench"],
+        bench={k: v for k, v in config["bench"].items() if k != "hf"},
         code=code_hash("bench", "stats"),
     script:
         "../scripts/reference.py"
@@ -24,7 +24,7 @@ rule reference:
 
 rule bench:
     input:
-        gguf=get_variant_gguf,
+        model=get_variant_model,
         reference=rules.reference.output.npz,
         test=get_data("test"),
         prompts=get_data("prompts"),
@@ -42,9 +42,18 @@ rule bench:
         mem_mb=8000,
         runtime=60,
     params:
-        bench=config["bench"],
+        bench=bench_settings,
         quant=variant_quant,
         llama_cpp_dir=LLAMA_CPP_DIR,
-        code=code_hash("bench", "stats", "tasks", "quantize", "results", "provenance"),
+        code=code_hash(
+            "bench",
+            "hf_bench",
+            "stats",
+            "tasks",
+            "quantize",
+            "results",
+            "provenance",
+            "llama_tools",
+        ),
     script:
         "../scripts/bench.py"

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from quantflow import provenance
-from quantflow.config import ConfigError, load_and_validate, normalise_quants
+from quantflow.config import ConfigError, IMAT_SUFFIX, load_and_validate, quant_variants
 
 try:
     config.update(
@@ -17,9 +17,9 @@ except ConfigError as e:
 
 MODELS = {m["name"]: m for m in config["models"]}
 FINETUNES = {f["name"]: f for f in config["finetunes"]}
-QUANTS = normalise_quants(config["quants"])
+QUANTS = quant_variants(config)  # {quant} values: GGUF types and '<type>-imat' variants
 FTS = ["base", *FINETUNES]
-VARIANTS = ["gguf-f16", *(f"gguf-{q}" for q in QUANTS)]
+VARIANTS = ["gguf-f16", *(f"gguf-{q}" for q in QUANTS), *config["hf_variants"]]
 DEMO_MODELS = [n for n, m in MODELS.items() if m["source"] == "demo"]
 LLAMA_CPP_DIR = str(
     Path(workflow.basedir) / config["llama_cpp_dir"]
@@ -27,7 +27,7 @@ LLAMA_CPP_DIR = str(
 DATA_FILES = {
     "corpus": "corpus.txt",
     "heldout": "heldout.txt",
-    "calibration": "calibration.txt",
+    "calibration": "calibration.txt",  # importance matrices only
     "sft_train": "sft_train.jsonl",
     "sft_eval": "sft_eval.jsonl",
     "test": "test.jsonl",
@@ -80,16 +80,33 @@ def get_data(key):
     return lambda wildcards: data_file(wildcards.model, key)
 
 
-def get_variant_gguf(wildcards):
+def get_variant_model(wildcards):
+    """The file (GGUF) or directory (HF model) a variant is measured from."""
+    if wildcards.variant.startswith("hf-"):
+        return get_hf(wildcards)
     quant = wildcards.variant.removeprefix("gguf-")
     if quant == "f16":
         return rules.convert.output.gguf
     return rules.quantize.output.gguf.replace("{quant}", quant)
 
 
+def get_imatrix(wildcards):
+    if wildcards.quant.endswith(IMAT_SUFFIX):
+        return rules.imatrix.output.imatrix
+    return []
+
+
 def variant_quant(wildcards):
+    if wildcards.variant.startswith("hf-"):
+        return None  # the HF bench names its own (F32, INT8, NF4, GPTQ4)
     q = wildcards.variant.removeprefix("gguf-")
     return "F16" if q == "f16" else q
+
+
+def bench_settings(wildcards):
+    """The protocol's settings; hf-* variants take their overrides from bench.hf."""
+    b = {k: v for k, v in config["bench"].items() if k != "hf"}
+    return {**b, **config["bench"]["hf"]} if wildcards.variant.startswith("hf-") else b
 
 
 def get_final_output():

@@ -1,0 +1,513 @@
+"""Speed, memory and quality of HF-side variants (unquantized and quantized at load), same protocol as GGUF.
+
+The variants run through transformers instead of llama.cpp but are measured exactly like the GGUF ones
+in :mod:`quantflow.bench`: speed in a fresh interpreter with a fixed thread count, warm-up discarded and
+repetitions until the decode median converges; quality on the reference's own token ids (no
+re-tokenization), scored on the second half of each chunk and compared by top-k KL; answers by greedy
+decoding stopped at newline/EOS.
+
+    hf-fp32   unquantized float32 (a bf16 run would be named hf-bf16; on CPU fp32 is the baseline)
+    hf-bnb8   bitsandbytes LLM.int8, quantized at load
+    hf-nf4    bitsandbytes NF4 with double quantization, quantized at load, float32 compute
+    hf-gptq4  GPTQModel 4-bit: only its availability is checked here (it needs a CUDA GPU)
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import stats
+from .bench import chunk_logprobs, load_reference, peak_rss_mb, rss_mb
+from .tasks import check, first_line
+
+log = logging.getLogger(__name__)
+
+HF_VARIANTS = ("hf-fp32", "hf-bnb8", "hf-nf4", "hf-gptq4")
+QUANT = {"hf-fp32": "F32", "hf-bnb8": "INT8", "hf-nf4": "NF4", "hf-gptq4": "GPTQ4"}
+
+GPTQ_NOT_INSTALLED = (
+    "GPTQModel is not installed: it is an optional extra that pulls a CUDA build of torch "
+    "(pip install -e '.[gptq]' on a GPU machine); AutoGPTQ is archived and does not import on transformers 5"
+)
+GPTQ_NO_GPU = "GPTQ quantization needs a CUDA GPU; none is visible"
+
+# A streamed generation that produces nothing for this long has failed (the generating thread died).
+_STREAM_TIMEOUT_S = 600.0
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in HF_VARIANTS:
+        raise ValueError(f"unknown HF variant {variant!r}: expected one of {', '.join(HF_VARIANTS)}")
+
+
+def unavailable_reason(variant: str) -> str | None:
+    """None when ``variant`` can run on this machine, else a one-line reason (for a not_run result)."""
+    _check_variant(variant)
+    if variant in ("hf-bnb8", "hf-nf4") and importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed"
+    if variant == "hf-gptq4":
+        try:
+            import gptqmodel  # noqa: F401
+        except Exception:  # an ImportError, or a CUDA extension that fails to load
+            return GPTQ_NOT_INSTALLED
+        import torch
+
+        if not torch.cuda.is_available():
+            return GPTQ_NO_GPU
+    return None
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _sync(device) -> None:
+    """Wait for queued GPU work, so that a timer read after it covers the work (no-op on CPU)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _quant_config(variant: str):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if variant == "hf-bnb8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if variant == "hf-nf4":
+        # On CPUs with AVX512-BF16, bnb's single-token (decode) kernel computes in bf16 whatever the
+        # compute dtype; multi-token forwards (prompt, quality) dequantize to float32.
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        )
+    return None
+
+
+def load_hf(hf_dir: str | Path, variant: str, threads: int):
+    """(model, tokenizer) for ``variant``, in eval mode, on CUDA when visible else on CPU.
+
+    bitsandbytes variants are quantized here, at load, from the unquantized checkpoint in ``hf_dir``.
+    """
+    reason = unavailable_reason(variant)
+    if reason is not None:
+        raise RuntimeError(f"{variant} cannot run here: {reason}")
+    if variant == "hf-gptq4":
+        raise NotImplementedError("hf-gptq4: GPTQ quantization is not implemented, only its availability check")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    device = _device()
+    qcfg = _quant_config(variant)
+    if qcfg is None:
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device)
+    else:
+        # On CPU, LLM.int8 logs one warning per matmul call (fp32 inputs cast to fp16): thousands of lines.
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+        model = AutoModelForCausalLM.from_pretrained(
+            hf_dir, dtype=torch.float32, quantization_config=qcfg, device_map=device
+        )
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(hf_dir)
+
+
+def n_params(model) -> int:
+    """Parameters of the unquantized model: a packed 4-bit tensor counts its logical elements, not bytes."""
+    total = 0
+    for p in model.parameters():
+        qs = getattr(p, "quant_state", None)
+        total += int(np.prod(qs.shape)) if qs is not None else p.numel()
+    return total
+
+
+def _stop_ids(tok) -> list[int]:
+    """EOS and the newline token: greedy answers end at either (as bench.greedy's do)."""
+    nl = tok.encode("\n", add_special_tokens=False)[-1]
+    return [t for t in (tok.eos_token_id, nl) if t is not None]
+
+
+def _encode(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=True).input_ids  # adds BOS, as llama.cpp's add_bos=True
+
+
+def _generate_kwargs(tok, ids: list[int], max_new: int, device) -> dict:
+    import torch
+
+    x = torch.tensor([ids], device=device)
+    return {
+        "input_ids": x,
+        "attention_mask": torch.ones_like(x),
+        "do_sample": False,
+        "num_beams": 1,
+        "max_new_tokens": max_new,
+        "eos_token_id": _stop_ids(tok),
+        "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    }
+
+
+def stream_greedy(model, tok, ids: list[int], max_new: int) -> tuple[str, float, float]:
+    """Greedy generation through ``generate`` + TextIteratorStreamer in a thread.
+
+    Returns (text, seconds to the first token, total seconds). The streamer queues one item per
+    generated token (an empty string while a word is incomplete), so the first item marks the first
+    token, not the first complete word.
+    """
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=_STREAM_TIMEOUT_S)
+    kwargs = _generate_kwargs(tok, ids, max_new, model.device) | {"streamer": streamer}
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            model.generate(**kwargs)
+        except BaseException as e:  # re-raised in the caller; end() unblocks its loop
+            errors.append(e)
+            streamer.end()
+
+    t0 = time.perf_counter()
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    ttft, parts = None, []
+    for piece in streamer:
+        if ttft is None:
+            ttft = time.perf_counter() - t0
+        parts.append(piece)
+    total = time.perf_counter() - t0
+    worker.join()
+    if errors:
+        raise errors[0]
+    return "".join(parts), ttft if ttft is not None else 0.0, total
+
+
+def decode_run(model, prompt: list[int], n_gen: int) -> tuple[float, float]:
+    """One repetition: prompt tok/s (one forward) and decode tok/s (n_gen single-token KV-cache steps).
+
+    EOS is ignored on purpose: the decode rate must cover exactly n_gen steps for every variant.
+    """
+    import torch
+
+    device = model.device
+    with torch.inference_mode():
+        x = torch.tensor([prompt], device=device)
+        _sync(device)
+        t0 = time.perf_counter()
+        out = model(input_ids=x, use_cache=True, logits_to_keep=1)
+        _sync(device)
+        t1 = time.perf_counter()
+        for _ in range(n_gen):
+            nxt = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+        _sync(device)
+        t2 = time.perf_counter()
+    return len(prompt) / (t1 - t0), n_gen / (t2 - t1)
+
+
+def _free_memory() -> None:
+    """Collect a model the caller has just dropped its references to (and its CUDA blocks)."""
+    gc.collect()
+    if _device() == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def measure_speed(
+    hf_dir: str | Path, variant: str, cfg: dict, threads: int, prompt_ids: list[int], suite: list[dict]
+) -> tuple[dict, dict]:
+    """Load time, prompt/decode rates, TTFT and latency over the prompt suite; then memory.
+
+    Same protocol and keys as :func:`quantflow.bench.measure_speed`. The baseline RSS is taken after
+    torch/transformers (and bitsandbytes) are imported, so model_rss_mb is the model and its
+    inference buffers, not the framework; peak_rss_mb includes everything.
+    """
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    if QUANT[variant] in ("INT8", "NF4"):
+        import bitsandbytes  # noqa: F401
+    baseline = rss_mb()
+    warm, reps = cfg["warmup"], cfg["repetitions"]
+    for f in sorted(Path(hf_dir).glob("*.safetensors")):
+        f.read_bytes()  # page cache warm: load time measures loading (and quantizing), not the disk
+    load_s: list[float] = []
+    model = tok = None
+    for i in range(warm + reps):
+        model = tok = None  # the previous load is freed before the next one, as bench closes its llm
+        _free_memory()
+        t0 = time.perf_counter()
+        model, tok = load_hf(hf_dir, variant, threads)
+        if i >= warm:
+            load_s.append(time.perf_counter() - t0)
+    prompt = [int(t) for t in prompt_ids[: cfg["prompt_tokens"]]]
+    pp, tg = [], []
+    for _ in range(warm):
+        decode_run(model, prompt, cfg["gen_tokens"])
+    while len(tg) < cfg["max_repetitions"]:
+        p, d = decode_run(model, prompt, cfg["gen_tokens"])
+        pp.append(p)
+        tg.append(d)
+        if len(tg) >= reps and stats.converged(tg, cfg["target_ci"]):
+            break
+    ttft, lat = [], []
+    suite_tokens = [_encode(tok, s["prompt"]) for s in suite]
+    for i in range(warm + reps):
+        for ids in suite_tokens:
+            _, t_first, t_all = stream_greedy(model, tok, ids, cfg["max_answer_tokens"])
+            if i >= warm:
+                ttft.append(t_first)
+                lat.append(t_all)
+    peak = peak_rss_mb()
+    del model, tok
+    _free_memory()
+    speed = {
+        "threads": threads,
+        "n_ctx": cfg["n_ctx"],
+        "prompt_tokens": len(prompt),
+        "gen_tokens": cfg["gen_tokens"],
+        "warmup": warm,
+        "converged": stats.converged(tg, cfg["target_ci"]),
+        "target_ci": cfg["target_ci"],
+        "load_s": stats.summarize(load_s),
+        "prompt_tps": stats.summarize(pp),
+        "decode_tps": stats.summarize(tg),
+        "ttft_s": stats.summarize(ttft),
+        "latency_s": stats.summarize(lat),
+    }
+    memory = {"peak_rss_mb": peak, "baseline_rss_mb": baseline, "model_rss_mb": peak - baseline, "use_mmap": False}
+    log.info(
+        "%s: decode %.1f tok/s (CV %.1f %%, %d runs), prompt %.1f tok/s, peak RSS %.1f MB",
+        variant,
+        speed["decode_tps"]["median"],
+        100 * speed["decode_tps"]["cv"],
+        len(tg),
+        speed["prompt_tps"]["median"],
+        peak,
+    )
+    return speed, memory
+
+
+def measure_speed_isolated(
+    hf_dir: str | Path, variant: str, cfg: dict, threads: int, prompt_ids: list[int], suite: list[dict]
+) -> tuple[dict, dict]:
+    """:func:`measure_speed` in a fresh interpreter (``python -m quantflow.hf_bench``).
+
+    As for the GGUF bench: measured inside the Snakemake script process, peak RSS would include
+    Snakemake's own imports and whatever earlier steps allocated.
+    """
+    payload = json.dumps(
+        {
+            "hf_dir": str(hf_dir),
+            "variant": variant,
+            "cfg": cfg,
+            "threads": threads,
+            "prompt": prompt_ids,
+            "suite": suite,
+        }
+    )
+    pkg_root = str(Path(__file__).resolve().parent.parent)  # importable even when not pip-installed
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(
+        [sys.executable, "-m", "quantflow.hf_bench"],
+        input=payload,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    for line in proc.stderr.splitlines():
+        log.info("speed: %s", line)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"speed measurement of {variant} ({hf_dir}) failed (exit {proc.returncode}): {tail[0]}")
+    out = json.loads(proc.stdout)
+    return out["speed"], out["memory"]
+
+
+def _main() -> None:
+    """Entry point of the isolated speed measurement: JSON job on stdin, JSON result on stdout."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per load, all carriage returns, in the caller's log
+    job = json.loads(sys.stdin.read())
+    speed, memory = measure_speed(
+        job["hf_dir"], job["variant"], job["cfg"], job["threads"], job["prompt"], job["suite"]
+    )
+    sys.stdout.write(json.dumps({"speed": speed, "memory": memory}))
+
+
+class _Scores:
+    """An HF model seen through the members :func:`quantflow.bench.chunk_logprobs` uses.
+
+    reset() / eval(tokens) / scores (one row of logits per evaluated token), so the scored positions
+    are bench's own, not a copy of its slicing.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.scores: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.scores = None
+
+    def eval(self, tokens: list[int]) -> None:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.tensor([tokens], device=self.model.device)
+            self.scores = self.model(input_ids=x).logits[0].float().cpu().numpy()
+
+
+def quality_of(model, ref: dict[str, np.ndarray]) -> dict:
+    """Perplexity, KL against the reference and top-1 agreement of a loaded model on the reference's tokens."""
+    scorer = _Scores(model)
+    kls, nll, agree = [], [], []
+    start = 0
+    for ch in ref["chunks"]:
+        lp, tgt = chunk_logprobs(scorer, [int(t) for t in ch])  # one forward; float64 log-softmax
+        n = len(tgt)
+        s = slice(start, start + n)
+        start += n
+        kls.append(stats.kl_from_topk(ref["topk_ids"][s], ref["topk_logp"][s], ref["log_rest"][s], lp))
+        nll.append(-lp[np.arange(n), tgt])
+        agree.append(lp.argmax(axis=-1) == ref["topk_ids"][s][:, 0])
+    kl = np.concatenate(kls)
+    d = stats.distribution(kl)
+    return {
+        "n_tokens": int(kl.size),
+        "ppl": float(np.exp(np.concatenate(nll).mean())),
+        "kl_mean": d["mean"],
+        "kl_median": d["median"],
+        "kl_p99": d["p99"],
+        "kl_max": d["max"],
+        "top1_agreement": float(np.concatenate(agree).mean()),
+    }
+
+
+def measure_quality(hf_dir: str | Path, variant: str, ref: dict[str, np.ndarray], cfg: dict, threads: int) -> dict:
+    """Same keys as :func:`quantflow.bench.measure_quality`, on the same token ids."""
+    model, _ = load_hf(hf_dir, variant, threads)
+    q = quality_of(model, ref)
+    del model
+    _free_memory()
+    return q
+
+
+def greedy_ids(model, tok, ids: list[int], max_new: int) -> list[int]:
+    """Greedy continuation of ``ids``: new token ids, without the EOS/newline that ended it (as bench.greedy)."""
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(**_generate_kwargs(tok, ids, max_new, model.device))[0, len(ids) :].tolist()
+    return out[:-1] if out and out[-1] in _stop_ids(tok) else out
+
+
+def answers_of(model, tok, items: list[dict], cfg: dict) -> tuple[list[dict], dict]:
+    """Greedy answers of a loaded model to the test set, checked; accuracy overall and per category."""
+    rows = []
+    for it in items:
+        out = greedy_ids(model, tok, _encode(tok, it["prompt"]), cfg["max_answer_tokens"])
+        # HF's decoder, not llama.cpp's: they differ only on byte tokens that are not valid UTF-8 (see report)
+        text = first_line(tok.decode(out, skip_special_tokens=True))
+        rows.append(
+            {
+                "id": str(it["id"]),
+                "category": it["category"],
+                "prompt": it["prompt"],
+                "expected": str(it["answer"]),
+                "answer": text,
+                "correct": check(text, str(it["answer"]), it["checker"]),
+            }
+        )
+    by_cat: dict[str, list[bool]] = {}
+    for r in rows:
+        by_cat.setdefault(r["category"], []).append(r["correct"])
+    quality = {
+        "accuracy": float(np.mean([r["correct"] for r in rows])) if rows else float("nan"),
+        "n_test": len(rows),
+        "accuracy_by_category": {c: float(np.mean(v)) for c, v in sorted(by_cat.items())},
+    }
+    return rows, quality
+
+
+def answer_tasks(
+    hf_dir: str | Path, variant: str, items: list[dict], cfg: dict, threads: int
+) -> tuple[list[dict], dict]:
+    """Same rows and accuracy keys as :func:`quantflow.bench.answer_tasks`."""
+    model, tok = load_hf(hf_dir, variant, threads)
+    out = answers_of(model, tok, items, cfg)
+    del model, tok
+    _free_memory()
+    return out
+
+
+def run_hf_variant(
+    hf_dir: str | Path,
+    variant: str,
+    reference_path: str | Path,
+    test: list[dict],
+    prompts: list[dict],
+    cfg: dict,
+    threads: int,
+    meta: dict,
+) -> dict:
+    """Every measurement of one HF variant, as a result dict (see result.schema.yaml); no provenance.
+
+    A variant that cannot run here gets status not_run and its reason, with no measurement blocks.
+    Speed and memory come first (in their own process); quality and answers then share one load.
+    """
+    _check_variant(variant)
+    if meta.get("variant", variant) != variant:
+        raise ValueError(f"meta names variant {meta['variant']!r} but {variant!r} was asked for")
+    head = {"schema_version": 1, **meta, "variant": variant, "format": "hf", "quant": QUANT[variant]}
+    reason = unavailable_reason(variant)
+    if reason is not None:
+        log.info("%s not run: %s", variant, reason)
+        return {**head, "status": "not_run", "reason": reason}
+    if not prompts:
+        raise ValueError("the prompt suite is empty: latency and answers need at least one prompt")
+    ref = load_reference(reference_path)
+    prompt = [int(t) for t in ref["chunks"].reshape(-1)[: cfg["prompt_tokens"]]]
+    speed, memory = measure_speed_isolated(hf_dir, variant, cfg, threads, prompt, prompts)
+    model, tok = load_hf(hf_dir, variant, threads)
+    quality = quality_of(model, ref)
+    answers, acc = answers_of(model, tok, test, cfg)
+    quality.update(acc)
+    # bitsandbytes quantizes at load: there is no file of the variant, so its size is the loaded
+    # model's parameters and buffers (get_memory_footprint; bnb's quantization constants excluded).
+    size = int(model.get_memory_footprint())
+    count = n_params(model)
+    del model, tok
+    _free_memory()
+    return {
+        **head,
+        "status": "ok",
+        "reason": None,
+        "file": {"path": str(hf_dir), "bytes": size, "n_params": count, "bits_per_weight": 8.0 * size / count},
+        "speed": speed,
+        "memory": memory,
+        "quality": quality,
+        "answers": answers,
+    }
+
+
+if __name__ == "__main__":
+    _main()
