@@ -1,8 +1,15 @@
 """Turn per-variant benchmark results into the quantflow report.
 
 Inputs are the bench stage's result JSONs (contract: ``workflow/schemas/result.schema.yaml``),
-the fine-tune stage's training metrics and run-level provenance. Outputs are ``summary.md``,
-``index.html`` (self-contained, opens offline) and ``results.csv``.
+the fine-tune stage's training metrics, run-level provenance and the config's ``report:`` block
+(KL floor and budgets: RAM, VRAM, latency, minimum accuracy). Outputs are ``summary.md``,
+``index.html`` (self-contained, opens offline), ``results.csv``, ``results.json`` (the same rows
+plus run provenance and the recommendations) and ``results.parquet``.
+
+The report decides: :func:`recommend` picks the variant to deploy under the limits (and says which
+limit bound the choice, or, when nothing fits, the closest candidate and by how much it misses);
+:func:`answers_side_by_side` and :func:`answer_flips` put every test answer next to the f16
+reference's and count right -> wrong / wrong -> right flips.
 
 Everything here is a pure function of its inputs except :func:`render`, which writes files.
 """
@@ -19,6 +26,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +60,14 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "size_mb", "bits_per_weight",
     "decode_tps", "decode_tps_p10", "decode_tps_p90", "decode_cv",
     "prompt_tps", "prompt_tps_cv", "ttft_ms", "latency_s", "load_s",
-    "peak_rss_mb", "model_rss_mb",
+    "peak_rss_mb", "model_rss_mb", "peak_vram_mb",
     "ppl", "kl_mean", "kl_median", "kl_p99", "kl_max", "top1_agreement",
     "accuracy", "n_test", "threads",
-    "speedup_vs_f16", "accuracy_gain_vs_base",
+    "speedup_vs_f16", "accuracy_gain_vs_base", "flips_lost", "flips_gained",
 )  # fmt: skip
+
+#: Columns :func:`results_table` derives across results rather than reading from one.
+_DERIVED_COLUMNS = ("speedup_vs_f16", "accuracy_gain_vs_base", "flips_lost", "flips_gained")
 
 # Shown in both the Markdown and the HTML so the two never disagree.
 GLOSSARY: tuple[dict[str, str], ...] = (
@@ -91,6 +102,13 @@ GLOSSARY: tuple[dict[str, str], ...] = (
     {"metric": "Δ acc vs base", "better": "higher",
      "how": "Accuracy minus the base model's accuracy for the same variant, in "
             "percentage points: what the fine-tune bought."},
+    {"metric": "Latency ms", "better": "lower",
+     "how": "End-to-end time to answer one prompt of the prompt suite (load excluded), median "
+            "over the prompts; this is what latency_target_ms limits."},
+    {"metric": "Flips lost / gained", "better": "lower / higher",
+     "how": "Test questions the variant gets wrong although the f16 reference of the same "
+            "model / fine-tune gets them right (lost), and the reverse (gained). Accuracy can "
+            "stay equal while answers flip both ways."},
 )  # fmt: skip
 
 
@@ -165,14 +183,15 @@ def _one_line(text: str) -> str:
 
 def results_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One flat row per (model, ft, variant); absent measurements are NaN. See RESULT_COLUMNS."""
-    base_cols = [c for c in RESULT_COLUMNS if c not in ("speedup_vs_f16", "accuracy_gain_vs_base")]
+    base_cols = [c for c in RESULT_COLUMNS if c not in _DERIVED_COLUMNS]
     df = pd.DataFrame([_result_row(r) for r in results], columns=base_cols)
     df = _drop_duplicate_keys(df)
-    for col in ("n_test", "threads"):
-        # Nullable ints keep "8" rather than "8.0" in the CSV while still allowing missing values.
-        df[col] = pd.to_numeric(df[col]).astype("Int64")
     df = _add_speedup(df)
     df = _add_accuracy_gain(df)
+    df = _add_flips(df, results)
+    for col in ("n_test", "threads", "flips_lost", "flips_gained"):
+        # Nullable ints keep "8" rather than "8.0" in the CSV while still allowing missing values.
+        df[col] = pd.to_numeric(df[col]).astype("Int64")
     return _sort_rows(df)[list(RESULT_COLUMNS)]
 
 
@@ -203,6 +222,8 @@ def _result_row(res: Mapping[str, Any]) -> dict[str, Any]:
         "load_s": _stat(speed, "load_s"),
         "peak_rss_mb": _num(mem.get("peak_rss_mb")),
         "model_rss_mb": _num(mem.get("model_rss_mb")),
+        # Not in result schema v1; read if a GPU bench ever records it, so vram_budget_mb applies.
+        "peak_vram_mb": _num(mem.get("peak_vram_mb")),
         "ppl": _num(qual.get("ppl")),
         "kl_mean": _num(qual.get("kl_mean")),
         "kl_median": _num(qual.get("kl_median")),
@@ -264,6 +285,15 @@ def _add_accuracy_gain(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="_base_acc")
 
 
+def _add_flips(df: pd.DataFrame, results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    counts = {key: (flips["lost"], flips["gained"]) for key, flips in answer_flips(results).items()}
+    keys = list(zip(df["model"], df["ft"], df["variant"], strict=True))
+    out = df.copy()
+    out["flips_lost"] = [counts.get(k, (math.nan, math.nan))[0] for k in keys]
+    out["flips_gained"] = [counts.get(k, (math.nan, math.nan))[1] for k in keys]
+    return out
+
+
 def _sort_rows(df: pd.DataFrame) -> pd.DataFrame:
     # Base first so every fine-tune reads as "compared with the base above it".
     ranked = df.assign(_ft_rank=(df["ft"] != BASE_FT).astype(int))
@@ -304,58 +334,297 @@ def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
-def recommend(df: pd.DataFrame, quality_floor_kl: float) -> list[dict[str, Any]]:
-    """Per (model, ft), ok rows only: recommended, best_quality, fastest and smallest variant.
+@dataclass(frozen=True)
+class Constraint:
+    """One deployment limit on a results-table column (the KL floor is one too)."""
 
-    Each entry is ``{model, ft, kind, variant, why}``; ``variant`` is None when nothing
-    qualifies (``why`` then says why, e.g. "no variant meets the KL floor 0.05").
-    """
+    key: str  #: config key under ``report:``
+    label: str  #: what is limited, e.g. "peak RSS"
+    name: str  #: the limit's name in sentences, e.g. "RAM budget"
+    column: str  #: results-table column the limit applies to
+    limit: float
+    upper: bool  #: True: value <= limit passes; False: value >= limit passes
+    spec: str  #: format spec of the shown value
+    unit: str = ""
+    scale: float = 1.0  #: display multiplier (accuracy is stored as a fraction, shown in %)
+
+    def show(self, value: float) -> str:
+        text = format(value * self.scale, self.spec)
+        # "64 MB" rather than "64.0 MB"; a KL limit ("g") never carries a trailing ".0".
+        return text.removesuffix(".0") + self.unit
+
+    def describe(self) -> str:
+        """The limit as a phrase, e.g. "the RAM budget 64 MB"."""
+        return f"the {self.name} {self.show(self.limit)}"
+
+    def condition(self) -> str:
+        """The limit as a condition, e.g. "peak RSS <= 64 MB"."""
+        return f"{self.label} {'<=' if self.upper else '>='} {self.show(self.limit)}"
+
+    def meets(self, values: pd.Series) -> pd.Series:
+        """Row-wise pass/fail; an unmeasured value (NaN) never passes."""
+        values = pd.to_numeric(values, errors="coerce")
+        return (values <= self.limit) if self.upper else (values >= self.limit)
+
+    def shortfall(self, value: Any) -> float:
+        """By how much ``value`` misses the limit, in the column's unit (0 if met, inf if unmeasured)."""
+        if _is_missing(value):
+            return math.inf
+        miss = (value - self.limit) if self.upper else (self.limit - value)
+        return max(float(miss), 0.0)
+
+    def relative_shortfall(self, value: Any) -> float:
+        miss = self.shortfall(value)
+        if miss == 0 or math.isinf(miss):
+            return miss
+        # A zero limit (KL floor 0) has no scale of its own: any excess is a whole miss.
+        return miss / abs(self.limit) if self.limit else math.inf
+
+
+#: config key -> (label, name, column, upper, format spec, unit, display scale).
+BUDGET_SPECS: dict[str, tuple[str, str, str, bool, str, str, float]] = {
+    "ram_budget_mb": ("peak RSS", "RAM budget", "peak_rss_mb", True, ".1f", " MB", 1.0),
+    "vram_budget_mb": ("GPU memory", "VRAM budget", "peak_vram_mb", True, ".1f", " MB", 1.0),
+    "latency_target_ms": ("latency", "latency target", "latency_ms", True, ".1f", " ms", 1.0),
+    "min_accuracy": ("accuracy", "minimum accuracy", "accuracy", False, ".1f", " %", 100.0),
+}
+
+
+def make_constraints(quality_floor_kl: float, budgets: Mapping[str, Any] | None = None) -> list[Constraint]:
+    """The KL floor plus every budget that is set (None means no limit), in BUDGET_SPECS order."""
     floor = float(quality_floor_kl)
     if math.isnan(floor):
         raise ValueError("quality_floor_kl must be a number, got NaN")
+    budgets = dict(budgets or {})
+    unknown = sorted(set(budgets) - set(BUDGET_SPECS))
+    if unknown:
+        raise ValueError(f"unknown report constraint(s) {', '.join(unknown)}; known: {', '.join(BUDGET_SPECS)}")
+    out = [Constraint("quality_floor_kl", "KL", "KL floor", "kl_mean", floor, True, "g")]
+    for key, (label, name, column, upper, spec, unit, scale) in BUDGET_SPECS.items():
+        value = budgets.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ValueError(f"report.{key} must be a number or null, got {value!r}")
+        out.append(Constraint(key, label, name, column, float(value), upper, spec, unit, scale))
+    return out
+
+
+def recommend(
+    df: pd.DataFrame,
+    quality_floor_kl: float,
+    budgets: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Per (model, ft), ok rows only: what to deploy, under the KL floor and the budgets.
+
+    ``budgets`` holds the optional limits of BUDGET_SPECS (``ram_budget_mb``, ``vram_budget_mb``,
+    ``latency_target_ms``, ``min_accuracy``); None or absent means no limit. Kinds, in order:
+
+    - ``recommended`` (best overall): the fastest variant (decode tok/s; ties go to the smaller
+      file) that meets the KL floor and every budget;
+    - ``best_quality``, ``fastest``, ``smallest``: unconstrained;
+    - ``best_under_budget``, one per budget set (``constraint`` names it): the fastest variant
+      within the KL floor and that one budget, and whether the budget is what bound the choice.
+
+    A budget whose column no variant of the group measured (VRAM on a CPU-only run) is "n/a":
+    stated, and not applied. Each entry is ``{model, ft, kind, label, variant, why, constraint,
+    bound_by, closest, misses}``: ``bound_by`` lists the constraint keys that excluded a faster
+    variant; when nothing qualifies, ``variant`` is None and ``closest`` / ``misses`` name the
+    nearest candidate (smallest summed relative shortfall) and by how much it misses each limit.
+    """
+    constraints = make_constraints(quality_floor_kl, budgets)
     ok = df.loc[df["status"] == "ok"]
+    if "latency_ms" not in ok.columns:
+        ok = ok.assign(latency_ms=ok["latency_s"] * 1000.0)
     recs: list[dict[str, Any]] = []
     for (model, ft), group in ok.groupby(["model", "ft"], sort=False):
-        for kind, row, why in _recommend_group(group, floor):
-            variant = None if row is None else row["variant"]
-            recs.append({"model": model, "ft": ft, "kind": kind, "variant": variant, "why": why})
+        for entry in _recommend_group(group, constraints):
+            recs.append({"model": model, "ft": ft, **entry})
     return recs
 
 
-def _recommend_group(group: pd.DataFrame, floor: float) -> list[tuple[str, pd.Series | None, str]]:
+def _applicable(group: pd.DataFrame, constraints: Sequence[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
+    """(applied, n/a): a budget nobody in the group measured cannot decide anything."""
+    applied, na = [], []
+    for c in constraints:
+        measured = c.column in group.columns and group[c.column].notna().any()
+        # The KL floor always applies: a variant without a KL measurement must not be recommended.
+        (applied if measured or c.key == "quality_floor_kl" else na).append(c)
+    return applied, na
+
+
+def _passing(group: pd.DataFrame, constraints: Sequence[Constraint]) -> pd.Series:
+    mask = pd.Series(True, index=group.index)
+    for c in constraints:
+        col = group[c.column] if c.column in group.columns else pd.Series(math.nan, index=group.index)
+        mask &= c.meets(col).fillna(False).astype(bool)
+    return mask
+
+
+def _entry(kind: str, label: str, row: pd.Series | None, why: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "label": label,
+        "variant": None if row is None else row["variant"],
+        "why": why,
+        "constraint": extra.get("constraint"),
+        "bound_by": list(extra.get("bound_by", [])),
+        "closest": extra.get("closest"),
+        "misses": list(extra.get("misses", [])),
+    }
+
+
+def _recommend_group(group: pd.DataFrame, constraints: Sequence[Constraint]) -> list[dict[str, Any]]:
+    applied, na = _applicable(group, constraints)
     fastest = _best(group, ["decode_tps", "size_mb"], [False, True])
     smallest = _best(group, ["size_mb", "decode_tps"], [True, False])
     quality = _best_quality(group)
-    within = group.loc[group["kl_mean"] <= floor]
-    # Ties on speed go to the smaller file: same speed, less disk and RAM.
-    chosen = _best(within, ["decode_tps", "size_mb"], [False, True])
-    return [
-        ("recommended", chosen, _why_recommended(chosen, group, floor)),
-        (
+    entries = [
+        _constrained_entry("recommended", _KIND_LABELS["recommended"], group, applied, na),
+        _entry(
             "best_quality",
+            _KIND_LABELS["best_quality"],
             quality,
             _why_quality(quality) if quality is not None else "no quality measurements",
         ),
-        (
+        _entry(
             "fastest",
+            _KIND_LABELS["fastest"],
             fastest,
             _why_fastest(fastest) if fastest is not None else "no speed measurements",
         ),
-        (
+        _entry(
             "smallest",
+            _KIND_LABELS["smallest"],
             smallest,
             _why_smallest(smallest) if smallest is not None else "no file sizes",
         ),
     ]
+    floor = constraints[0]
+    for budget in constraints[1:]:
+        label = f"Best under the {budget.name} ({budget.condition()})"
+        if budget in na:
+            why = f"n/a: no variant has a {budget.label} measurement (e.g. a CPU-only run has no GPU memory)"
+            entries.append(_entry("best_under_budget", label, None, why, constraint=budget.key))
+            continue
+        entry = _constrained_entry("best_under_budget", label, group, [floor, budget], [], budget=budget)
+        entries.append(entry)
+    return entries
+
+
+def _constrained_entry(
+    kind: str,
+    label: str,
+    group: pd.DataFrame,
+    applied: Sequence[Constraint],
+    na: Sequence[Constraint],
+    budget: Constraint | None = None,
+) -> dict[str, Any]:
+    """The fastest row meeting every constraint in ``applied``, explained; or the closest miss."""
+    constraint = None if budget is None else budget.key
+    # Ties on speed go to the smaller file: same speed, less disk and RAM.
+    # A variant without a speed measurement cannot be "the fastest" of anything.
+    ranked = _ranked(group.dropna(subset=["decode_tps"]), ["decode_tps", "size_mb"], [False, True])
+    passing = _passing(ranked, applied)
+    chosen = ranked.loc[passing]
+    na_part = "; ".join(f"{c.name} n/a (not measured)" for c in na)
+    if chosen.empty:
+        why, closest, misses = _why_none(ranked, applied)
+        return _entry(kind, label, None, _join_clauses(why, na_part), constraint=constraint,
+                      closest=closest, misses=misses)  # fmt: skip
+    row = chosen.iloc[0]
+    # Faster rows are those ranked above the chosen one; each was excluded by some constraint.
+    faster = ranked.iloc[: ranked.index.get_loc(row.name)]
+    faster = faster.loc[faster["decode_tps"] > row["decode_tps"]]
+    bound: dict[str, list[str]] = {}
+    for _, other in faster.iterrows():
+        for c in applied:
+            if not bool(c.meets(pd.Series([other[c.column]])).iloc[0]):
+                bound.setdefault(c.key, []).append(_value_note(c, other))
+    by_key = {c.key: c for c in applied}
+    bound = {c.key: bound[c.key] for c in applied if c.key in bound}  # constraint order, not discovery order
+    if budget is None:
+        why = _why_recommended(row, applied)
+        bound_part = "; ".join(
+            f"bound by the {by_key[k].name} (excludes faster {', '.join(v)})" for k, v in bound.items()
+        )
+    else:
+        why = _join(_speed_part(row), _value_condition(budget, row), _part("KL {:.3g}", row["kl_mean"]))
+        # The budget binds when it changes the answer: a faster variant meets the KL floor but not it.
+        others = [c for c in applied if c is not budget]
+        blocked = faster.loc[_passing(faster, others) & ~_passing(faster, [budget])]
+        if blocked.empty:
+            bound_part = f"{budget.name} not binding (the fastest variant within the KL floor meets it)"
+        else:
+            notes = ", ".join(_value_note(budget, r) for _, r in blocked.iterrows())
+            bound_part = f"bound by the {budget.name}: excludes faster {notes}"
+    return _entry(kind, label, row, _join_clauses(why, bound_part, na_part), constraint=constraint,
+                  bound_by=list(bound))  # fmt: skip
+
+
+def _ranked(group: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.DataFrame:
+    # Variant name as the last key makes equal rows resolve the same way on every run.
+    return group.sort_values([*by, "variant"], ascending=[*ascending, True], na_position="last", kind="mergesort")
+
+
+def _value_note(c: Constraint, row: pd.Series) -> str:
+    value = row[c.column] if c.column in row.index else math.nan
+    shown = "unmeasured" if _is_missing(value) else c.show(value)
+    return f"{row['variant']} ({c.label} {shown})"
+
+
+def _value_condition(c: Constraint, row: pd.Series) -> str:
+    value = row[c.column]
+    op = "<=" if c.upper else ">="
+    if c.key == "quality_floor_kl":
+        return f"KL {value:.3g} <= floor {c.limit:g}"
+    return f"{c.label} {c.show(value)} {op} {c.show(c.limit)}"
+
+
+def _why_none(ranked: pd.DataFrame, applied: Sequence[Constraint]) -> tuple[str, str | None, list[dict[str, Any]]]:
+    described = [c.describe() for c in applied]
+    names = described[0] if len(described) == 1 else ", ".join(described[:-1]) + " and " + described[-1]
+    why = f"no variant meets {names}"
+    if ranked.empty:
+        return why, None, []
+    scores = []
+    for pos, (_, row) in enumerate(ranked.iterrows()):
+        rel = [c.relative_shortfall(row[c.column] if c.column in row.index else math.nan) for c in applied]
+        n_unmeasured = sum(math.isinf(r) for r in rel)
+        # Fewest unmeasured limits, then smallest summed relative miss, then the faster (rank order).
+        scores.append((n_unmeasured, sum(r for r in rel if not math.isinf(r)), pos))
+    best = ranked.iloc[min(scores)[2]]
+    misses = []
+    parts = []
+    for c in applied:
+        value = best[c.column] if c.column in best.index else math.nan
+        miss = c.shortfall(value)
+        if miss == 0:
+            continue
+        rel = c.relative_shortfall(value)
+        misses.append(
+            {
+                "constraint": c.key,
+                "limit": c.limit,
+                "value": None if _is_missing(value) else float(value),
+                "by": None if math.isinf(miss) else miss,
+                "relative": None if math.isinf(rel) else rel,
+            }
+        )
+        if math.isinf(miss):
+            parts.append(f"{c.label} unmeasured")
+        else:
+            rel_part = "" if math.isinf(rel) else f", {rel * 100:.0f} % {'over' if c.upper else 'under'}"
+            parts.append(
+                f"misses the {c.name} by {c.show(miss)} ({c.label} {c.show(value)} vs {c.show(c.limit)}{rel_part})"
+            )
+    why += f"; closest: {best['variant']}, which " + " and ".join(parts)
+    return why, str(best["variant"]), misses
 
 
 def _best(group: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.Series | None:
-    rows = group.dropna(subset=[by[0]])
-    if rows.empty:
-        return None
-    # Variant name as the last key makes equal rows resolve the same way on every run.
-    rows = rows.sort_values([*by, "variant"], ascending=[*ascending, True], na_position="last", kind="mergesort")
-    return rows.iloc[0]
+    rows = _ranked(group.dropna(subset=[by[0]]), by, ascending)
+    return None if rows.empty else rows.iloc[0]
 
 
 def _best_quality(group: pd.DataFrame) -> pd.Series | None:
@@ -370,16 +639,10 @@ def _best_quality(group: pd.DataFrame) -> pd.Series | None:
     return None if ref.empty else ref.iloc[0]
 
 
-def _why_recommended(row: pd.Series | None, group: pd.DataFrame, floor: float) -> str:
-    if row is None:
-        why = f"no variant meets the KL floor {floor:g}"
-        lowest = _best(group.loc[group["kl_mean"] > 0], ["kl_mean"], [True])
-        if lowest is not None:
-            why += f"; lowest measured KL is {lowest['kl_mean']:.3g} ({lowest['variant']})"
-        return why
+def _why_recommended(row: pd.Series, applied: Sequence[Constraint]) -> str:
     return _join(
         _speed_part(row),
-        f"KL {row['kl_mean']:.3g} <= floor {floor:g}",
+        *(_value_condition(c, row) for c in applied),
         _part("{:.1f} MB", row["size_mb"]),
     )
 
@@ -422,6 +685,135 @@ def _join(*parts: str | None) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def _join_clauses(*parts: str | None) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+# --------------------------------------------------------------------------------------------
+# Answers side by side
+# --------------------------------------------------------------------------------------------
+
+
+def _answers_by_key(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], list[Mapping[str, Any]]]:
+    """(model, ft, variant) -> answers list of ok results; later duplicates win, as in results_table."""
+    out: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for res in results:
+        key = (res.get("model"), res.get("ft"), res.get("variant"))
+        answers = res.get("answers")
+        if res.get("status") == "ok" and isinstance(answers, list) and answers:
+            out[key] = answers
+        else:
+            out.pop(key, None)
+    return out
+
+
+def _flip(ref_correct: bool | None, correct: bool) -> str | None:
+    if ref_correct is None or ref_correct == correct:
+        return None
+    return "lost" if ref_correct else "gained"
+
+
+def answer_flips(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], dict[str, int]]:
+    """Per (model, ft, variant) with answers: ``{"lost", "gained", "compared"}`` against the reference.
+
+    The reference is the gguf-f16 variant of the same model / fine-tune; prompts are matched by
+    ``id``. ``lost`` counts right -> wrong (the reference was right, the variant is wrong),
+    ``gained`` wrong -> right. Variants whose group has no reference answers are left out.
+    """
+    by_key = _answers_by_key(results)
+    out: dict[tuple[str, str, str], dict[str, int]] = {}
+    for (model, ft, variant), answers in by_key.items():
+        ref = by_key.get((model, ft, REFERENCE_VARIANT))
+        if ref is None:
+            continue
+        ref_correct = {str(a["id"]): bool(a["correct"]) for a in ref}
+        counts = {"lost": 0, "gained": 0, "compared": 0}
+        for a in answers:
+            rc = ref_correct.get(str(a["id"]))
+            if rc is None:
+                continue
+            counts["compared"] += 1
+            flip = _flip(rc, bool(a["correct"]))
+            if flip:
+                counts[flip] += 1
+        out[(model, ft, variant)] = counts
+    return out
+
+
+def answers_side_by_side(results: Sequence[Mapping[str, Any]], df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per (model, ft): every prompt with the reference's and each variant's answer.
+
+    Variant columns follow the order of ``df`` (the results table) and leave out the reference,
+    which has its own column. Each cell is ``{answer, correct, flip}`` (flip: "lost", "gained" or
+    None) or None where that variant has no answer to the prompt.
+    """
+    by_key = _answers_by_key(results)
+    groups = []
+    for (model, ft), group in df.groupby(["model", "ft"], sort=False):
+        variants = [v for v in group["variant"] if (model, ft, v) in by_key and v != REFERENCE_VARIANT]
+        ref_answers = by_key.get((model, ft, REFERENCE_VARIANT))
+        if not variants and ref_answers is None:
+            continue
+        ref = {str(a["id"]): a for a in ref_answers or []}
+        per_variant = [{str(a["id"]): a for a in by_key[(model, ft, v)]} for v in variants]
+        ids: dict[str, Mapping[str, Any]] = {}  # insertion-ordered: reference order, then new ids
+        for source in (ref, *per_variant):
+            for pid, a in source.items():
+                ids.setdefault(pid, a)
+        rows = []
+        for pid, first in ids.items():
+            ref_a = ref.get(pid)
+            ref_correct = None if ref_a is None else bool(ref_a["correct"])
+            cells = []
+            for answers in per_variant:
+                a = answers.get(pid)
+                cells.append(
+                    None
+                    if a is None
+                    else {
+                        "answer": a["answer"],
+                        "correct": bool(a["correct"]),
+                        "flip": _flip(ref_correct, bool(a["correct"])),
+                    }
+                )
+            rows.append(
+                {
+                    "id": pid,
+                    "category": first.get("category"),
+                    "prompt": first.get("prompt"),
+                    "expected": first.get("expected"),
+                    "reference": None
+                    if ref_a is None
+                    else {"answer": ref_a["answer"], "correct": ref_correct, "flip": None},
+                    "cells": cells,
+                    "flipped": any(c is not None and c["flip"] for c in cells),
+                }
+            )
+        flips = answer_flips([r for r in results if (r.get("model"), r.get("ft")) == (model, ft)])
+        summary = []
+        for v in variants:
+            counts = flips.get((model, ft, v))
+            summary.append(
+                {
+                    "variant": v,
+                    "lost": None if counts is None else counts["lost"],
+                    "gained": None if counts is None else counts["gained"],
+                }
+            )
+        groups.append(
+            {
+                "model": model,
+                "ft": ft,
+                "has_reference": ref_answers is not None,
+                "variants": variants,
+                "rows": rows,
+                "summary": summary,
+                "n_flipped": sum(r["flipped"] for r in rows),
+            }
+        )
+    return groups
+
+
 # --------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------
@@ -433,26 +825,105 @@ def render(
     run: Mapping[str, Any],
     out_dir: str | Path,
     quality_floor_kl: float,
+    budgets: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write summary.md, index.html and results.csv into ``out_dir``; return their paths by name."""
+    """Write the report into ``out_dir``; return the paths by file name.
+
+    Files: summary.md, index.html, results.csv, results.json (flat rows + run provenance +
+    recommendations) and results.parquet (the same rows; run provenance in the schema metadata
+    under ``quantflow.run``). ``budgets``: see :func:`recommend`.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    constraints = make_constraints(quality_floor_kl, budgets)
     df = results_table(results)
-    recs = recommend(df, quality_floor_kl)
-    context = _context(df, recs, training, run, float(quality_floor_kl))
+    recs = recommend(df, quality_floor_kl, budgets)
+    answers = answers_side_by_side(results, df)
+    context = _context(df, recs, training, run, constraints, answers)
     env = _jinja_env()
-    # Render everything before writing anything, so a template error leaves the old report intact.
-    texts = {
-        "summary.md": env.get_template("summary.md.j2").render(context),
-        "index.html": env.get_template("index.html.j2").render(context, charts=_charts(df, float(quality_floor_kl))),
-        "results.csv": _with_provenance(df, results).to_csv(index=False, lineterminator="\n"),
+    flat = _with_provenance(df, results)
+    # Render everything before writing anything, so an error leaves the old report intact.
+    blobs = {
+        "summary.md": env.get_template("summary.md.j2").render(context).encode("utf-8"),
+        "index.html": env.get_template("index.html.j2")
+        .render(context, charts=_charts(df, constraints[0].limit))
+        .encode("utf-8"),
+        "results.csv": flat.to_csv(index=False, lineterminator="\n").encode("utf-8"),
+        "results.json": _results_json(flat, run, constraints, recs).encode("utf-8"),
+        "results.parquet": _results_parquet(flat, run),
     }
     paths = {}
-    for name, text in texts.items():
+    for name, data in blobs.items():
         paths[name] = out / name
-        _atomic_write_text(paths[name], text)
+        write_atomic(paths[name], data)
     log.info("report written to %s (%d variants)", out, len(df))
     return paths
+
+
+def _json_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    rows = []
+    for record in df.to_dict("records"):
+        rows.append({k: _json_scalar(v) for k, v in record.items()})
+    return rows
+
+
+def _json_scalar(value: Any) -> Any:
+    if _is_missing(value):
+        return None
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and math.isinf(value):
+        return None
+    return value
+
+
+def _results_json(
+    flat: pd.DataFrame,
+    run: Mapping[str, Any],
+    constraints: Sequence[Constraint],
+    recs: Sequence[Mapping[str, Any]],
+) -> str:
+    doc = {
+        "format": "quantflow-report-results",
+        "version": 1,
+        "run": _json_safe(run),
+        "constraints": {c.key: c.limit for c in constraints},
+        "columns": list(flat.columns),
+        "rows": _json_rows(flat),
+        "recommendations": _json_safe(list(recs)),
+    }
+    return json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def _json_safe(value: Any) -> Any:
+    """Provenance and recommendations as strict JSON: NaN/inf become null, odd objects strings."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)) or hasattr(value, "item"):
+        return _json_scalar(value)
+    return str(value)
+
+
+def _results_parquet(flat: pd.DataFrame, run: Mapping[str, Any]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = flat.copy()
+    for col in [c for c in frame.columns if pd.api.types.is_object_dtype(frame[c])]:
+        kinds = {type(v) for v in frame[col] if not _is_missing(v)}
+        if len(kinds) > 1:  # e.g. provenance written as a number by one bench, a string by another
+            frame[col] = [None if _is_missing(v) else str(v) for v in frame[col]]
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[b"quantflow.run"] = json.dumps(_json_safe(run), sort_keys=True).encode("utf-8")
+    table = table.replace_schema_metadata(meta)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
 
 
 @functools.cache
@@ -496,20 +967,63 @@ def _context(
     recs: list[dict[str, Any]],
     training: Sequence[Mapping[str, Any]],
     run: Mapping[str, Any],
-    floor: float,
+    constraints: Sequence[Constraint],
+    answers: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
     chosen = {(r["model"], r["ft"]): r["variant"] for r in recs if r["kind"] == "recommended"}
     return {
         "title": "quantflow benchmark report",
-        "floor": f"{floor:g}",
+        "floor": f"{constraints[0].limit:g}",
+        "constraints": _constraint_rows(df, constraints),
         "run_rows": _flatten(run),
         "recommendations": _recommendation_groups(recs),
         "main_headers": MAIN_HEADERS,
-        "variant_groups": _variant_groups(df, chosen),
+        "variant_groups": _variant_groups(df, chosen, constraints),
+        "answers": [_answers_view(g) for g in answers],
         "training": _training_table(training),
         "problems": _problem_rows(df),
         "glossary": GLOSSARY,
     }
+
+
+def _constraint_rows(df: pd.DataFrame, constraints: Sequence[Constraint]) -> list[tuple[str, str, str]]:
+    """(limit name, condition, "applied" / "n/a (not measured)") for every limit in force."""
+    ok = df.loc[df["status"] == "ok"].assign(latency_ms=df["latency_s"] * 1000.0)
+    rows = []
+    for c in constraints:
+        measured = c.column in ok.columns and ok[c.column].notna().any()
+        state = "applied" if measured or c.key == "quality_floor_kl" else "n/a (not measured in this run)"
+        rows.append((c.name[0].upper() + c.name[1:], c.condition(), state))
+    return rows
+
+
+ANSWER_MARK = {True: "✓", False: "✗"}
+FLIP_MARK = "⚠"
+
+
+def _answers_view(group: Mapping[str, Any]) -> dict[str, Any]:
+    """An answers_side_by_side group plus its Markdown cells (flips marked with FLIP_MARK)."""
+
+    def md(cell: Mapping[str, Any] | None) -> str:
+        if cell is None:
+            return MISSING
+        text = f"{_answer_text(cell['answer'])} {ANSWER_MARK[cell['correct']]}"
+        return f"{text} {FLIP_MARK}" if cell["flip"] else text
+
+    headers = ["#", "Prompt", "Expected", "f16 (reference)", *(_short_variant(v) for v in group["variants"])]
+    md_rows = [
+        [row["id"], row["prompt"], row["expected"], md(row["reference"]), *(md(c) for c in row["cells"])]
+        for row in group["rows"]
+    ]
+    summary_rows = [
+        (s["variant"], MISSING if s["lost"] is None else s["lost"], MISSING if s["gained"] is None else s["gained"])
+        for s in group["summary"]
+    ]
+    return {**group, "headers": headers, "md_rows": md_rows, "summary_rows": summary_rows}
+
+
+def _answer_text(answer: str) -> str:
+    return answer if answer.strip() else "(empty)"
 
 
 def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -527,7 +1041,7 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, st
 
 
 _KIND_LABELS = {
-    "recommended": "Recommended",
+    "recommended": "Best overall (recommended)",
     "best_quality": "Best quality",
     "fastest": "Fastest",
     "smallest": "Smallest",
@@ -537,27 +1051,58 @@ _KIND_LABELS = {
 def _recommendation_groups(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for rec in recs:
-        group = groups.setdefault((rec["model"], rec["ft"]), {"model": rec["model"], "ft": rec["ft"], "rows": []})
-        label = _KIND_LABELS.get(rec["kind"], rec["kind"])
-        group["rows"].append((label, rec["variant"] or "none", rec["why"]))
+        group = groups.setdefault(
+            (rec["model"], rec["ft"]), {"model": rec["model"], "ft": rec["ft"], "rows": [], "md_rows": []}
+        )
+        label = rec.get("label") or _KIND_LABELS.get(rec["kind"], rec["kind"])
+        if rec["variant"] is not None:
+            variant, status = rec["variant"], ""
+        elif rec["why"].startswith("n/a"):
+            variant, status = "n/a", "na"  # a limit this run cannot judge: not a miss
+        else:
+            variant, status = "none", "none"
+        group["rows"].append((label, variant, rec["why"], status))
+        group["md_rows"].append((label, variant, rec["why"]))
     return list(groups.values())
 
 
 MAIN_HEADERS: tuple[str, ...] = (
     "Variant", "Size MB", "BPW", "Decode tok/s median [p10–p90]", "vs f16", "CV %",
-    "Prompt tok/s", "TTFT ms", "Peak RSS MB", "PPL", "KL mean", "KL p99", "Top-1 %",
-    "Accuracy %", "Δ acc vs base (pp)",
+    "Prompt tok/s", "TTFT ms", "Latency ms", "Peak RSS MB", "PPL", "KL mean", "KL p99", "Top-1 %",
+    "Accuracy %", "Δ acc vs base (pp)", "Flips lost / gained",
 )  # fmt: skip
 
+#: Main-table header -> the constraint key its value is checked against.
+_HEADER_CONSTRAINT = {
+    "Latency ms": "latency_target_ms",
+    "Peak RSS MB": "ram_budget_mb",
+    "KL mean": "quality_floor_kl",
+    "Accuracy %": "min_accuracy",
+}
+MISS_MARK = "✗"
 
-def _variant_groups(df: pd.DataFrame, chosen: Mapping[tuple[str, str], str | None]) -> list[dict[str, Any]]:
-    ok = df.loc[df["status"] == "ok"]
+
+def _variant_groups(
+    df: pd.DataFrame,
+    chosen: Mapping[tuple[str, str], str | None],
+    constraints: Sequence[Constraint] = (),
+) -> list[dict[str, Any]]:
+    ok = df.loc[df["status"] == "ok"].assign(latency_ms=df["latency_s"] * 1000.0)
+    by_key = {c.key: c for c in constraints}
     groups = []
     for (model, ft), group in ok.groupby(["model", "ft"], sort=False):
         rows = []
         for r in group.to_dict("records"):
             is_chosen = r["variant"] == chosen.get((model, ft))
-            rows.append({"cells": _main_row(r, is_chosen), "recommended": is_chosen})
+            cells = _main_row(r, is_chosen)
+            # A measured value outside a limit in force is marked; an unmeasured one is just "–".
+            miss = []
+            for header in MAIN_HEADERS:
+                c = by_key.get(_HEADER_CONSTRAINT.get(header, ""))
+                value = r.get(c.column) if c else None
+                miss.append(c is not None and not _is_missing(value) and c.shortfall(value) > 0)
+            md_cells = [f"{cell} {MISS_MARK}" if m else cell for cell, m in zip(cells, miss, strict=True)]
+            rows.append({"cells": cells, "md_cells": md_cells, "miss": miss, "recommended": is_chosen})
         groups.append({"model": model, "ft": ft, "rows": rows})
     return groups
 
@@ -566,6 +1111,9 @@ def _main_row(r: Mapping[str, Any], recommended: bool) -> list[str]:
     decode = _fmt(r["decode_tps"], ".1f")
     if not (_is_missing(r["decode_tps_p10"]) or _is_missing(r["decode_tps_p90"])):
         decode += f" [{r['decode_tps_p10']:.1f}–{r['decode_tps_p90']:.1f}]"
+    flips = MISSING
+    if not (_is_missing(r["flips_lost"]) or _is_missing(r["flips_gained"])):
+        flips = f"{int(r['flips_lost'])} / {int(r['flips_gained'])}"
     return [
         r["variant"] + (" ★" if recommended else ""),
         _fmt(r["size_mb"], ".1f"),
@@ -575,6 +1123,7 @@ def _main_row(r: Mapping[str, Any], recommended: bool) -> list[str]:
         _fmt(r["decode_cv"], ".1f", scale=100),
         _fmt(r["prompt_tps"], ".1f"),
         _fmt(r["ttft_ms"], ".0f"),
+        _fmt(r["latency_s"], ".1f", scale=1000),
         _fmt(r["peak_rss_mb"], ".0f"),
         _fmt(r["ppl"], ".3f"),
         _fmt(r["kl_mean"], ".3g"),
@@ -582,6 +1131,7 @@ def _main_row(r: Mapping[str, Any], recommended: bool) -> list[str]:
         _fmt(r["top1_agreement"], ".1f", scale=100),
         _fmt(r["accuracy"], ".1f", scale=100),
         _fmt(r["accuracy_gain_vs_base"], "+.1f", scale=100),
+        flips,
     ]
 
 
@@ -639,12 +1189,17 @@ def _csv_scalar(value: Any) -> Any:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    write_atomic(path, text.encode("utf-8"))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file and os.replace (readers never see a partial file)."""
     # Temp file in the same directory keeps os.replace a same-filesystem atomic rename, so a
     # reader (or a crash) sees either the old report or the complete new one.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read by others

@@ -1,7 +1,8 @@
-"""Render reports/summary.md, index.html and results.csv from the result files alone.
+"""Render the report (reports/summary.md, index.html, results.csv/.json/.parquet) from the result files alone.
 
 Snakemake rule `report`: input.results (bench JSONs), input.training (train metrics JSONs);
-output.md, output.html, output.csv (all in one folder); params.floor.
+output.md, output.html, output.csv, output.json, output.parquet (all in one folder);
+params.report (the config's `report:` block: KL floor and budgets).
 """
 
 import json
@@ -20,4 +21,9 @@ for t in training:
     t.pop("loss_curve", None)
 run = provenance.collect(sm.config, sm.params.llama_cpp_dir, threads=0)
 run.pop("threads")
-render(results, training, run, Path(sm.output.md).parent, sm.params.floor)
+budgets = dict(sm.params.report)
+floor = budgets.pop("quality_floor_kl")
+out_dir = Path(sm.output.md).parent
+paths = render(results, training, run, out_dir, floor, budgets)
+expected = {Path(p) for p in (sm.output.md, sm.output.html, sm.output.csv, sm.output.json, sm.output.parquet)}
+assert expected == set(paths.values()), f"report outputs {sorted(expected)} != rendered {sorted(paths.values())}"

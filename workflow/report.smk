@@ -1,4 +1,5 @@
-# The decision: Markdown + self-contained HTML + CSV from the result files alone.
+# The decision: Markdown + self-contained HTML + CSV/JSON/Parquet from the result files alone.
+# Outputs are wrapped in report() so `snakemake --report report.zip` carries them with captions.
 
 
 rule report:
@@ -6,16 +7,50 @@ rule report:
         results=all_bench_results(),
         training=all_train_metrics(),
     output:
-        md="reports/summary.md",
-        html="reports/index.html",
-        csv="reports/results.csv",
+        md=report(
+            "reports/summary.md",
+            caption="report/summary.rst",
+            category="Report",
+            labels={"file": "summary.md"},
+        ),
+        html=report(
+            "reports/index.html",
+            caption="report/index.rst",
+            category="Report",
+            labels={"file": "index.html"},
+        ),
+        csv=report(
+            "reports/results.csv",
+            caption="report/results_csv.rst",
+            category="Data",
+            labels={"file": "results.csv"},
+        ),
+        json=report(
+            "reports/results.json",
+            caption="report/results_json.rst",
+            category="Data",
+            labels={"file": "results.json"},
+        ),
+        parquet=report(
+            "reports/results.parquet",
+            caption="report/results_parquet.rst",
+            category="Data",
+            labels={"file": "results.parquet"},
+        ),
     log:
         "reports/logs/report.log",
     conda:
         "../envs/quantflow.yaml"
     params:
-        floor=config["report"]["quality_floor_kl"],
+        report=config["report"],
         llama_cpp_dir=LLAMA_CPP_DIR,
         code=code_hash("report", "results", "provenance"),
+        # The report's templates are code too: editing one re-renders the report.
+        templates=provenance.files_hash(
+            [
+                Path(provenance.__file__).parent / "templates" / name
+                for name in ("index.html.j2", "summary.md.j2")
+            ]
+        ),
     script:
         "../scripts/report.py"

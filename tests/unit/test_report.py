@@ -59,6 +59,8 @@ def make_result(
     model: str = "tiny-lm",
     status: str = "ok",
     reason: str | None = None,
+    latency_s: float = 1.5,
+    answers: list[bool] | None = None,
 ) -> dict[str, Any]:
     """One result dict in the shape the bench stage writes (schema_version 1)."""
     res: dict[str, Any] = {
@@ -96,7 +98,7 @@ def make_result(
         "prompt_tps": _dist(decode_tps * 10),
         "decode_tps": _dist(decode_tps),
         "ttft_s": _dist(0.05),
-        "latency_s": _dist(1.5),
+        "latency_s": _dist(latency_s),
     }
     res["memory"] = {
         "peak_rss_mb": size_mb + 40.0,
@@ -115,7 +117,21 @@ def make_result(
         "accuracy": accuracy,
         "n_test": 20,
     }
+    if answers is not None:
+        res["answers"] = [_answer(i, ok) for i, ok in enumerate(answers)]
     return res
+
+
+def _answer(i: int, correct: bool) -> dict[str, Any]:
+    expected = str(i + 2)
+    return {
+        "id": f"q{i}",
+        "category": "math",
+        "prompt": f"Question: What is {i} plus 2?\nAnswer:",
+        "expected": expected,
+        "answer": expected if correct else f"wrong-{i}",
+        "correct": correct,
+    }
 
 
 def all_results() -> list[dict[str, Any]]:
@@ -289,7 +305,12 @@ def test_recommend_known_answers() -> None:
         assert _pick(recs, ft, kind)["variant"] == variant, (ft, kind)
     why = _pick(recs, "base", "recommended")["why"]
     assert why == "50.0 tok/s (2.5x f16), KL 0.03 <= floor 0.05, 30.0 MB"
-    assert all(set(r) == {"model", "ft", "kind", "variant", "why"} for r in recs)
+    keys = {"model", "ft", "kind", "label", "variant", "why", "constraint", "bound_by", "closest", "misses"}
+    assert all(set(r) == keys for r in recs)
+    # lora's fastest (Q3_K_M, KL 0.15) is over the floor: the floor is what bound the choice.
+    lora = _pick(recs, "lora", "recommended")
+    assert lora["bound_by"] == ["quality_floor_kl"]
+    assert "bound by the KL floor (excludes faster gguf-Q3_K_M (KL 0.15))" in lora["why"]
 
 
 def test_recommend_tight_floor_falls_back_to_reference() -> None:
@@ -322,16 +343,260 @@ def test_recommend_only_reference_measured() -> None:
     }
 
 
+# ------------------------------------------------------------------------- budgets (constraints)
+
+# base group: peak RSS = size + 40 -> f16 140, Q8_0 93, Q4_K_M 70, Q3_K_M 65 MB;
+# decode 20 / 35 / 50 / 48 tok/s; KL 0 / 0.002 / 0.03 / 0.12; accuracy 0.50 / 0.50 / 0.45 / 0.40.
+LATENCY_S = {"gguf-f16": 0.40, "gguf-Q8_0": 0.25, "gguf-Q4_K_M": 0.18, "gguf-Q3_K_M": 0.19}
+
+
+def budget_results() -> list[dict[str, Any]]:
+    return [make_result("base", *spec, latency_s=LATENCY_S[spec[0]]) for spec in VARIANTS["base"]]
+
+
+def _recs(floor: float, **budgets: Any) -> dict[str, dict[str, Any]]:
+    """kind (or best_under_budget:<key>) -> entry, for the single base group."""
+    recs = report.recommend(report.results_table(budget_results()), floor, budgets)
+    out = {}
+    for r in recs:
+        out[r["kind"] if r["constraint"] is None else f"{r['kind']}:{r['constraint']}"] = r
+    return out
+
+
+def test_budgets_none_set_match_the_plain_recommendation() -> None:
+    plain = _recs(0.05)
+    unset = _recs(0.05, ram_budget_mb=None, vram_budget_mb=None, latency_target_ms=None, min_accuracy=None)
+    assert plain == unset
+    assert set(plain) == {"recommended", "best_quality", "fastest", "smallest"}
+
+
+def test_ram_budget_binds_the_recommendation() -> None:
+    recs = _recs(0.2, ram_budget_mb=68)
+    rec = recs["recommended"]
+    assert rec["variant"] == "gguf-Q3_K_M"  # Q4_K_M is faster but needs 70 MB
+    assert rec["bound_by"] == ["ram_budget_mb"]
+    assert "peak RSS 65 MB <= 68 MB" in rec["why"]
+    assert "bound by the RAM budget (excludes faster gguf-Q4_K_M (peak RSS 70 MB))" in rec["why"]
+    under = recs["best_under_budget:ram_budget_mb"]
+    assert under["variant"] == "gguf-Q3_K_M"
+    assert under["label"] == "Best under the RAM budget (peak RSS <= 68 MB)"
+    assert "bound by the RAM budget: excludes faster gguf-Q4_K_M (peak RSS 70 MB)" in under["why"]
+    # The unconstrained kinds ignore budgets.
+    assert recs["fastest"]["variant"] == "gguf-Q4_K_M"
+
+
+def test_budget_that_does_not_bind_says_so() -> None:
+    recs = _recs(0.05, ram_budget_mb=100)
+    assert recs["recommended"]["variant"] == "gguf-Q4_K_M"
+    assert recs["recommended"]["bound_by"] == []
+    under = recs["best_under_budget:ram_budget_mb"]
+    assert under["variant"] == "gguf-Q4_K_M"
+    assert "RAM budget not binding" in under["why"]
+
+
+def test_min_accuracy_and_latency_target() -> None:
+    recs = _recs(0.05, min_accuracy=0.48)
+    assert recs["recommended"]["variant"] == "gguf-Q8_0"  # Q4_K_M's 45 % is under 48 %
+    # Q4_K_M (45 %) fails the minimum; Q3_K_M fails it and the KL floor.
+    assert recs["recommended"]["bound_by"] == ["quality_floor_kl", "min_accuracy"]
+    assert "accuracy 50 % >= 48 %" in recs["recommended"]["why"]
+    # Latency 180 ms for Q4_K_M: a 200 ms target leaves it best; 150 ms fits nobody.
+    assert _recs(0.05, latency_target_ms=200)["recommended"]["variant"] == "gguf-Q4_K_M"
+    assert _recs(0.2, latency_target_ms=185)["best_under_budget:latency_target_ms"]["variant"] == "gguf-Q4_K_M"
+    tight = _recs(0.2, latency_target_ms=150)["recommended"]
+    assert tight["variant"] is None
+    assert tight["closest"] == "gguf-Q4_K_M"
+    assert "misses the latency target by 30 ms (latency 180 ms vs 150 ms, 20 % over)" in tight["why"]
+
+
+def test_budget_no_variant_meets_names_the_closest_and_the_miss() -> None:
+    # Nobody fits in 10 MB. Summed relative misses: Q4_K_M 6.0 (RAM only), Q3_K_M 5.5 + 1.4
+    # (RAM and KL), Q8_0 8.3, f16 13.0: Q4_K_M is the closest.
+    recs = _recs(0.05, ram_budget_mb=10)
+    rec = recs["recommended"]
+    assert rec["variant"] is None
+    assert rec["why"].startswith("no variant meets the KL floor 0.05 and the RAM budget 10 MB; closest: gguf-Q4_K_M")
+    assert "misses the RAM budget by 60 MB (peak RSS 70 MB vs 10 MB, 600 % over)" in rec["why"]
+    assert rec["closest"] == "gguf-Q4_K_M"
+    (miss,) = rec["misses"]
+    assert miss["constraint"] == "ram_budget_mb"
+    assert miss["value"] == pytest.approx(70.0)
+    assert miss["by"] == pytest.approx(60.0)
+    assert miss["relative"] == pytest.approx(6.0)
+    assert recs["best_under_budget:ram_budget_mb"]["variant"] is None
+    # The unconstrained answers are still there.
+    assert recs["smallest"]["variant"] == "gguf-Q3_K_M"
+
+
+def test_closest_can_miss_two_limits() -> None:
+    # RAM <= 60 and floor 0.01: Q8_0 misses RAM by 33 (0.55); Q4_K_M by 10 (0.17) + KL 0.02 (2.0);
+    # f16 by 80 (1.33): Q8_0 is closest, missing only RAM.
+    rec = _recs(0.01, ram_budget_mb=60)["recommended"]
+    assert rec["closest"] == "gguf-Q8_0"
+    assert [m["constraint"] for m in rec["misses"]] == ["ram_budget_mb"]
+    # Floor 0.0015: Q8_0 misses it by 0.0005 (0.33) and RAM by 33 (0.55): 0.88 in all, still
+    # closer than f16 (RAM only, 1.33) and Q4_K_M (KL 19 + RAM 0.17).
+    rec = _recs(0.0015, ram_budget_mb=60)["recommended"]
+    assert rec["closest"] == "gguf-Q8_0"
+    assert [m["constraint"] for m in rec["misses"]] == ["quality_floor_kl", "ram_budget_mb"]
+    assert "misses the KL floor by 0.0005" in rec["why"] and "and misses the RAM budget by 33 MB" in rec["why"]
+    # Floor 0.001: now Q8_0's KL miss is a whole floor (1.0 + 0.55), and f16 (1.33) is closest.
+    assert _recs(0.001, ram_budget_mb=60)["recommended"]["closest"] == "gguf-f16"
+
+
+def test_vram_budget_is_na_without_a_gpu_measurement() -> None:
+    recs = _recs(0.05, vram_budget_mb=4000)
+    assert recs["recommended"]["variant"] == "gguf-Q4_K_M"
+    assert "VRAM budget n/a (not measured)" in recs["recommended"]["why"]
+    under = recs["best_under_budget:vram_budget_mb"]
+    assert under["variant"] is None and under["why"].startswith("n/a")
+
+
+def test_vram_budget_applies_when_measured() -> None:
+    results = budget_results()
+    for res in results:
+        res["memory"]["peak_vram_mb"] = res["memory"]["peak_rss_mb"]
+    recs = report.recommend(report.results_table(results), 0.05, {"vram_budget_mb": 80})
+    assert _pick(recs, "base", "recommended")["variant"] == "gguf-Q4_K_M"
+    recs = report.recommend(report.results_table(results), 0.05, {"vram_budget_mb": 60})
+    assert _pick(recs, "base", "recommended")["variant"] is None
+
+
+def test_unmeasured_value_never_meets_a_budget() -> None:
+    results = budget_results()
+    del results[2]["memory"]  # Q4_K_M: no peak RSS
+    recs = report.recommend(report.results_table(results), 0.05, {"ram_budget_mb": 100})
+    rec = _pick(recs, "base", "recommended")
+    assert rec["variant"] == "gguf-Q8_0"
+    assert "gguf-Q4_K_M (peak RSS unmeasured)" in rec["why"]
+
+
+@pytest.mark.parametrize(
+    "budgets,match",
+    [
+        ({"ram_budget": 1}, "unknown report constraint"),
+        ({"ram_budget_mb": "64"}, "ram_budget_mb must be a number"),
+        ({"min_accuracy": True}, "min_accuracy must be a number"),
+    ],
+)
+def test_bad_budgets_raise(budgets: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        report.recommend(report.results_table(budget_results()), 0.05, budgets)
+    with pytest.raises(ValueError, match="NaN"):
+        report.make_constraints(float("nan"))
+
+
+def test_config_schema_declares_the_budget_keys() -> None:
+    import yaml
+
+    schema = yaml.safe_load((SCHEMA.parent / "config.schema.yaml").read_text(encoding="utf-8"))
+    props = schema["properties"]["report"]["properties"]
+    assert set(props) == {"quality_floor_kl", *report.BUDGET_SPECS}
+    for key in report.BUDGET_SPECS:
+        assert props[key]["default"] is None and props[key]["description"], key
+
+
+# ------------------------------------------------------------------------- answers and flips
+
+# Reference right, right, wrong, wrong; Q8_0 identical; Q4_K_M loses q1 and gains q3.
+ANSWERS = {
+    "gguf-f16": [True, True, False, False],
+    "gguf-Q8_0": [True, True, False, False],
+    "gguf-Q4_K_M": [True, False, False, True],
+}
+
+
+def answer_results() -> list[dict[str, Any]]:
+    specs = {spec[0]: spec for spec in VARIANTS["base"]}
+    return [make_result("base", *specs[v], answers=a) for v, a in ANSWERS.items()]
+
+
+def test_answer_flips_counts_both_directions() -> None:
+    flips = report.answer_flips(answer_results())
+    assert flips[("tiny-lm", "base", "gguf-Q4_K_M")] == {"lost": 1, "gained": 1, "compared": 4}
+    assert flips[("tiny-lm", "base", "gguf-Q8_0")] == {"lost": 0, "gained": 0, "compared": 4}
+    assert flips[("tiny-lm", "base", "gguf-f16")]["lost"] == 0
+
+
+def test_flip_counts_in_results_table() -> None:
+    df = report.results_table(answer_results())
+    q4 = _row(df, "base", "gguf-Q4_K_M")
+    assert (q4["flips_lost"], q4["flips_gained"]) == (1, 1)
+    # No answers at all (the other test results): no counts.
+    assert pd.isna(_row(report.results_table(all_results()), "base", "gguf-Q4_K_M")["flips_lost"])
+
+
+def test_no_flips_without_reference_answers() -> None:
+    results = [r for r in answer_results() if r["variant"] != "gguf-f16"]
+    assert report.answer_flips(results) == {}
+    (group,) = report.answers_side_by_side(results, report.results_table(results))
+    assert not group["has_reference"]
+    assert all(row["reference"] is None and not row["flipped"] for row in group["rows"])
+
+
+def test_answers_side_by_side_structure() -> None:
+    results = answer_results()
+    (group,) = report.answers_side_by_side(results, report.results_table(results))
+    assert group["variants"] == ["gguf-Q8_0", "gguf-Q4_K_M"]  # reference has its own column
+    assert [row["id"] for row in group["rows"]] == ["q0", "q1", "q2", "q3"]
+    q1 = group["rows"][1]
+    assert q1["expected"] == "3" and q1["reference"]["answer"] == "3"
+    assert q1["cells"][1] == {"answer": "wrong-1", "correct": False, "flip": "lost"}
+    assert group["rows"][3]["cells"][1]["flip"] == "gained"
+    assert [row["flipped"] for row in group["rows"]] == [False, True, False, True]
+    assert group["n_flipped"] == 2
+    assert group["summary"][1] == {"variant": "gguf-Q4_K_M", "lost": 1, "gained": 1}
+
+
+def test_answers_with_an_extra_prompt_in_one_variant() -> None:
+    results = answer_results()
+    results[1]["answers"].append(_answer(9, True))  # Q8_0 answered a question the reference did not
+    (group,) = report.answers_side_by_side(results, report.results_table(results))
+    extra = group["rows"][-1]
+    assert extra["id"] == "q9" and extra["reference"] is None and extra["cells"][1] is None
+    assert extra["cells"][0]["flip"] is None
+    assert report.answer_flips(results)[("tiny-lm", "base", "gguf-Q8_0")]["compared"] == 4
+
+
+def test_render_answers_mark_flips(tmp_path: Path) -> None:
+    report.render(answer_results(), [], RUN, tmp_path, quality_floor_kl=0.05)
+    md = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    html = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "## Answers side by side" in md
+    assert "| q1 | Question: What is 1 plus 2? Answer: | 3 | 3 ✓ | 3 ✓ | wrong-1 ✗ ⚠ |" in md
+    assert "| q3 | Question: What is 3 plus 2? Answer: | 5 | wrong-3 ✗ | wrong-3 ✗ | 5 ✓ ⚠ |" in md
+    assert md.count("⚠ |") == 2
+    assert 'class="ans wrong flip-lost"' in html and 'class="ans right flip-gained"' in html
+    assert html.count("ans wrong flip-lost") == 1 and html.count("ans right flip-gained") == 1
+    csv = pd.read_csv(tmp_path / "results.csv")
+    q4 = csv.loc[csv["variant"] == "gguf-Q4_K_M"].iloc[0]
+    assert (q4["flips_lost"], q4["flips_gained"]) == (1, 1)
+
+
+def test_render_budgets_in_report(tmp_path: Path) -> None:
+    report.render(budget_results(), [], RUN, tmp_path, 0.05, {"ram_budget_mb": 10, "vram_budget_mb": 100})
+    md = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    html = (tmp_path / "index.html").read_text(encoding="utf-8")
+    for text in (md, html):
+        assert "no variant meets the KL floor 0.05 and the RAM budget 10 MB; closest: gguf-Q4_K_M" in text
+        assert "n/a (not measured in this run)" in text  # the VRAM budget
+    assert "| 70 ✗ |" in md  # peak RSS over the budget is marked
+    assert '<td class="num miss">70</td>' in html
+
+
 # ------------------------------------------------------------------------------------- render
 
 REMOTE_REF = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
 
 
-def test_render_writes_three_files(tmp_path: Path) -> None:
+REPORT_FILES = ["index.html", "results.csv", "results.json", "results.parquet", "summary.md"]
+
+
+def test_render_writes_all_files(tmp_path: Path) -> None:
     paths = report.render(all_results(), TRAINING, RUN, tmp_path / "report", quality_floor_kl=0.05)
     out = tmp_path / "report"
-    assert set(paths) == {"summary.md", "index.html", "results.csv"}
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "results.csv", "summary.md"]
+    assert sorted(paths) == REPORT_FILES
+    assert sorted(p.name for p in out.iterdir()) == REPORT_FILES
 
     md = (out / "summary.md").read_text(encoding="utf-8")
     html = (out / "index.html").read_text(encoding="utf-8")
@@ -368,9 +633,53 @@ def test_render_csv_has_one_row_per_variant(tmp_path: Path) -> None:
 
 def test_render_leaves_no_temp_files_and_replaces_old_report(tmp_path: Path) -> None:
     (tmp_path / "summary.md").write_text("stale", encoding="utf-8")
+    (tmp_path / "results.parquet").write_bytes(b"stale")
     report.render(all_results(), [], {}, tmp_path, quality_floor_kl=0.05)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "results.csv", "summary.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == REPORT_FILES
     assert (tmp_path / "summary.md").read_text(encoding="utf-8") != "stale"
+    assert (tmp_path / "results.parquet").read_bytes()[:4] == b"PAR1"
+    assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in tmp_path.iterdir())
+
+
+def test_render_failure_leaves_old_report_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report.render(all_results(), [], RUN, tmp_path, quality_floor_kl=0.05)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def broken(*args: Any, **kwargs: Any) -> bytes:
+        raise RuntimeError("parquet writer exploded")
+
+    monkeypatch.setattr(report, "_results_parquet", broken)
+    with pytest.raises(RuntimeError):
+        report.render(all_results()[:2], [], RUN, tmp_path, quality_floor_kl=0.05)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_results_json_rows_and_provenance(tmp_path: Path) -> None:
+    report.render(all_results(), [], RUN, tmp_path, 0.05, {"ram_budget_mb": 100})
+    doc = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert doc["run"] == RUN
+    assert doc["constraints"] == {"quality_floor_kl": 0.05, "ram_budget_mb": 100.0}
+    assert doc["columns"] == [*report.RESULT_COLUMNS, *report.PROVENANCE_COLUMNS]
+    assert len(doc["rows"]) == 9
+    skipped = next(r for r in doc["rows"] if r["variant"] == "gguf-Q2_K")
+    assert skipped["decode_tps"] is None and skipped["status"] == "not_run" and skipped["n_test"] is None
+    q4 = next(r for r in doc["rows"] if (r["ft"], r["variant"]) == ("base", "gguf-Q4_K_M"))
+    assert q4["decode_tps"] == 50.0 and q4["threads"] == 8 and q4["config_hash"] == "cafe1234"
+    assert {r["kind"] for r in doc["recommendations"]} >= {"recommended", "best_under_budget"}
+
+
+def test_results_parquet_matches_csv(tmp_path: Path) -> None:
+    report.render(all_results(), [], RUN, tmp_path, quality_floor_kl=0.05)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "results.parquet")
+    assert json.loads(table.schema.metadata[b"quantflow.run"]) == RUN
+    frame = table.to_pandas()
+    csv = pd.read_csv(tmp_path / "results.csv")
+    assert list(frame.columns) == list(csv.columns)
+    assert len(frame) == 9
+    pd.testing.assert_series_equal(frame["decode_tps"], csv["decode_tps"], check_dtype=False)
+    assert str(frame["n_test"].dtype) == "Int64"
 
 
 def test_render_single_variant(tmp_path: Path) -> None:
@@ -409,10 +718,20 @@ def test_markdown_table_escapes_pipes() -> None:
     ]
 
 
+def test_parquet_survives_mixed_provenance_types(tmp_path: Path) -> None:
+    results = all_results()
+    results[0]["provenance"]["timestamp"] = 1735689600  # a number where the others have strings
+    report.render(results, [], RUN, tmp_path, quality_floor_kl=0.05)
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert set(frame["timestamp"]) == {"1735689600", "2025-01-01T00:00:00Z"}
+
+
 def test_render_with_no_results_at_all(tmp_path: Path) -> None:
     report.render([], [], {}, tmp_path, quality_floor_kl=0.05)
     assert "nothing to recommend" in (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert len(pd.read_csv(tmp_path / "results.csv")) == 0
+    assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))["rows"] == []
+    assert len(pd.read_parquet(tmp_path / "results.parquet")) == 0
 
 
 def test_duplicate_results_keep_the_last(caplog: pytest.LogCaptureFixture) -> None:
