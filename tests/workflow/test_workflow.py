@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -55,10 +56,19 @@ def test_report_has_one_row_per_variant(run):
     rows = list(csv.DictReader(open(run / "reports" / "results.csv")))
     got = {(r["model"], r["ft"], r["variant"]) for r in rows}
     cfg = yaml.safe_load(TINY.read_text())
-    want = {("tiny", ft, v) for ft in ("base", "lora") for v in ["gguf-f16", *(f"gguf-{q}" for q in cfg["quants"])]}
+    gguf = ["gguf-f16", *(f"gguf-{q}" for q in cfg["quants"]), *(f"gguf-{q}-imat" for q in cfg["imatrix"]["types"])]
+    want = {("tiny", ft, v) for ft in ("base", "lora") for v in [*gguf, *cfg["hf_variants"]]}
     assert got == want and len(rows) == len(want)
-    assert all(r["status"] == "ok" for r in rows)
-    assert all(float(r["decode_tps"]) > 0 and float(r["kl_mean"]) >= 0 for r in rows)
+    ran = [r for r in rows if r["variant"] != "hf-gptq4"]
+    assert all(r["status"] == "ok" for r in ran)
+    assert all(float(r["decode_tps"]) > 0 and float(r["kl_mean"]) >= 0 for r in ran)
+    # no GPU and no GPTQModel here: listed as not run, with the reason
+    gptq = [r for r in rows if r["variant"] == "hf-gptq4"]
+    assert all(r["status"] == "not_run" and "GPTQ" in r["reason"] for r in gptq)
+    # llama.cpp's own llama-bench figure sits beside ours for every GGUF variant
+    for r in ran:
+        res = json.loads((run / f"results/tiny/{r['ft']}/bench/{r['variant']}.json").read_text())
+        assert ("llama_bench" in res) == r["variant"].startswith("gguf-")
     assert all(r["config_hash"] and r["cpu"] for r in rows)
     html = (run / "reports" / "index.html").read_text()
     assert "<svg" in html and "gguf-Q4_K_M" in html
@@ -71,13 +81,13 @@ def test_gguf_files_hold_the_requested_types(run):
     from quantflow.quantize import ALLOWED_TYPES
 
     for ft in ("base", "lora"):
-        for q in ("Q8_0", "Q4_K_M", "Q3_K_M"):
+        for q in ("Q8_0", "Q4_K_M", "Q3_K_M", "Q4_K_M-imat"):
             types = {
                 t.tensor_type.name
                 for t in GGUFReader(run / f"results/tiny/{ft}/gguf/{q}.gguf").tensors
                 if len(t.shape) == 2
             }
-            assert types <= ALLOWED_TYPES[q], (ft, q, types)
+            assert types <= ALLOWED_TYPES[q.removesuffix("-imat")], (ft, q, types)
 
 
 def test_second_run_has_nothing_to_do(run):
@@ -165,9 +175,12 @@ def test_default_config_dry_run_plans_the_whole_chain(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     stats = job_stats(p.stdout)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    n_quants, n_fts = len(cfg["quants"]), 1 + len(cfg["finetunes"])
+    n_quants = len(cfg["quants"]) + len(cfg["imatrix"]["types"])
+    n_fts = 1 + len(cfg["finetunes"])
     assert {f["method"] for f in cfg["finetunes"]} >= {"lora", "qlora4"}
-    assert stats["quantize"] == n_fts * n_quants and stats["bench"] == n_fts * (n_quants + 1)
+    assert {"hf-bnb8", "hf-nf4"} <= set(cfg["hf_variants"])
+    assert stats["quantize"] == n_fts * n_quants and stats["imatrix"] == n_fts
+    assert stats["bench"] == n_fts * (n_quants + 1 + len(cfg["hf_variants"]))
     assert stats["finetune"] == n_fts - 1 and stats["merge"] == n_fts - 1 and stats["convert"] == n_fts
 
 
