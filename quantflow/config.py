@@ -154,7 +154,9 @@ def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
                 )
             else:
                 for k, v in m["data"].items():
-                    if not (base_dir / v).is_file():
+                    if v.startswith("hub:"):
+                        errs.extend(_hub_dataset_errors(f"models[{i}].data.{k}", k, v))
+                    elif not (base_dir / v).is_file():
                         errs.append(f"config key models[{i}].data.{k}: file {v} does not exist")
     ft_names = [f["name"] for f in cfg["finetunes"]]
     for i, f in enumerate(cfg["finetunes"]):
@@ -178,6 +180,24 @@ def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
             f"({b['prompt_tokens']} + {b['gen_tokens']})"
         )
     return errs
+
+
+def _hub_dataset_errors(key: str, field: str, spec: str) -> list[str]:
+    """Hub datasets serve the fine-tune splits only, and offline only from the local cache."""
+    if field not in ("sft_train", "sft_eval"):
+        return [f"config key {key}: a hub dataset can feed sft_train / sft_eval only; give {field} as a local file"]
+    from huggingface_hub import snapshot_download
+
+    ident = spec.removeprefix("hub:").partition(":")[0]
+    try:
+        snapshot_download(ident, repo_type="dataset", local_files_only=True)
+        return []
+    except Exception:  # noqa: BLE001 - any failure means: not available without network
+        return [
+            f"config key {key}: hub dataset {ident!r} is not in the local Hugging Face cache and the hub is not "
+            f"reachable from here; save it where there is network (datasets.load_dataset({ident!r}, split=...)"
+            f".to_json('train.jsonl')), copy the file here and give its path instead"
+        ]
 
 
 def _hub_errors(i: int, hf_id: str) -> list[str]:

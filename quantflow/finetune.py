@@ -22,21 +22,37 @@ DATASET_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet"
 METHODS = ("lora", "qlora8", "qlora4", "full")
 
 
+HUB_PREFIX = "hub:"
+
+
+def parse_hub_spec(spec: str) -> tuple[str, str]:
+    """'hub:org/name' or 'hub:org/name:split' -> (dataset id, split); split defaults to train."""
+    ident, _, split = spec.removeprefix(HUB_PREFIX).partition(":")
+    return ident, split or "train"
+
+
 def load_sft_dataset(path: str | Path):
-    """A local JSONL / CSV / Parquet file as a `datasets` Dataset in one of trl's two formats.
+    """A local JSONL / CSV / Parquet file, or a hub dataset ('hub:org/name[:split]'), as a
+    `datasets` Dataset in one of trl's two formats.
 
     prompt/completion rows train on the completion only; chat rows (a "messages" list of
     {role, content}) go through the tokenizer's chat template.
     """
     from datasets import load_dataset
 
+    if str(path).startswith(HUB_PREFIX):
+        ident, split = parse_hub_spec(str(path))
+        return _sft_columns(load_dataset(ident, split=split), str(path))
     p = Path(path)
     builder = DATASET_BUILDERS.get(p.suffix.lower())
     if builder is None:
         raise ValueError(f"{p}: unsupported data file type {p.suffix!r}; use one of {', '.join(DATASET_BUILDERS)}")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: data file not found")
-    ds = load_dataset(builder, data_files=str(p), split="train")
+    return _sft_columns(load_dataset(builder, data_files=str(p), split="train"), str(p))
+
+
+def _sft_columns(ds, p: str):
     if len(ds) == 0:
         raise ValueError(f"{p}: no rows")
     if "messages" in ds.column_names:

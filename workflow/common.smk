@@ -77,6 +77,15 @@ def get_hf(wildcards):
 
 
 def get_data(key):
+    """A data file as a job input; a hub dataset ('hub:org/name') is no file: see data_spec."""
+    def _input(wildcards):
+        f = data_file(wildcards.model, key)
+        return [] if f.startswith("hub:") else f
+
+    return _input
+
+
+def data_spec(key):
     return lambda wildcards: data_file(wildcards.model, key)
 
 

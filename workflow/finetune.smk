@@ -25,6 +25,8 @@ rule finetune:
         gpu=1 if config["gpu_jobs"] else 0,
     params:
         ft=lambda wc: FINETUNES[wc.ft],
+        train=data_spec("sft_train"),
+        eval=data_spec("sft_eval"),
         code=code_hash("finetune", "demo"),
     script:
         "../scripts/finetune.py"

@@ -89,3 +89,25 @@ def test_aliases_resolve_to_one_name():
 def test_bad_tensor_override():
     with pytest.raises(ConfigError, match=r"quants\[0\].output_tensor_type"):
         normalise_quants([{"type": "Q4_K_M", "output_tensor_type": "Q9_9"}])
+
+
+def test_hub_dataset_offline_says_how_to_use_a_local_file(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    local = {k: "config.yaml" for k in ("sft_eval", "test", "heldout", "prompts")}
+    msg = broken(
+        lambda c: c["models"].append(
+            {"name": "t", "source": "local", "path": str(tmp_path), "data": {**local, "sft_train": "hub:nobody/no-such-set"}}
+        )
+    )
+    assert "hub dataset 'nobody/no-such-set'" in msg and "give its path instead" in msg
+
+
+def test_hub_dataset_only_for_training_splits(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    local = {k: "config.yaml" for k in ("sft_train", "sft_eval", "heldout", "prompts")}
+    msg = broken(
+        lambda c: c["models"].append(
+            {"name": "t", "source": "local", "path": str(tmp_path), "data": {**local, "test": "hub:nobody/x"}}
+        )
+    )
+    assert "sft_train / sft_eval only" in msg
