@@ -96,7 +96,12 @@ def test_hub_dataset_offline_says_how_to_use_a_local_file(tmp_path):
     local = {k: "config.yaml" for k in ("sft_eval", "test", "heldout", "prompts")}
     msg = broken(
         lambda c: c["models"].append(
-            {"name": "t", "source": "local", "path": str(tmp_path), "data": {**local, "sft_train": "hub:nobody/no-such-set"}}
+            {
+                "name": "t",
+                "source": "local",
+                "path": str(tmp_path),
+                "data": {**local, "sft_train": "hub:nobody/no-such-set"},
+            }
         )
     )
     assert "hub dataset 'nobody/no-such-set'" in msg and "give its path instead" in msg
