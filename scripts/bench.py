@@ -5,6 +5,8 @@ input.reference, input.test, input.prompts; output.json; params.bench, params.qu
 params.llama_cpp_dir; threads (the whole machine: a bench job runs alone).
 """
 
+from datetime import UTC, datetime
+
 from quantflow import provenance
 from quantflow.data import read_jsonl
 from quantflow.logs import to_file
@@ -12,6 +14,7 @@ from quantflow.results import validate, write_json
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 to_file(sm.log[0])
+started = datetime.now(UTC).isoformat()
 threads = sm.params.bench["threads"] or sm.threads
 variant = sm.wildcards.variant
 meta = {"model": sm.wildcards.model, "ft": sm.wildcards.ft, "variant": variant}
@@ -27,5 +30,7 @@ else:
     result = run_variant(sm.input.model, sm.input.reference, test, prompts, sm.params.bench, threads, meta,
                          llama_cpp_dir=sm.params.llama_cpp_dir)  # fmt: skip
 result["provenance"] = provenance.collect(sm.config, sm.params.llama_cpp_dir, threads)
+# Start and end of the job: the report (and a test) can show that no two benchmarks overlapped.
+result["provenance"].update(started=started, finished=datetime.now(UTC).isoformat())
 validate(result)
 write_json(sm.output.json, result)

@@ -75,6 +75,20 @@ def test_report_has_one_row_per_variant(run):
     assert "gguf-Q3_K_M" in (run / "reports" / "summary.md").read_text()
 
 
+def test_bench_jobs_never_overlap(run):
+    """Each bench job takes every core, so Snakemake runs it alone: their time spans are disjoint."""
+    from datetime import datetime
+
+    spans = []
+    for f in sorted((run / "results").glob("*/*/bench/*.json")):
+        prov = json.loads(f.read_text())["provenance"]
+        spans.append((datetime.fromisoformat(prov["started"]), datetime.fromisoformat(prov["finished"]), f.name))
+    spans.sort()
+    assert len(spans) >= 8
+    for (_, e1, a), (s2, _, b) in zip(spans, spans[1:], strict=False):
+        assert e1 <= s2, f"{a} and {b} overlapped"
+
+
 def test_gguf_files_hold_the_requested_types(run):
     from gguf import GGUFReader
 
