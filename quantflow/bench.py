@@ -248,20 +248,26 @@ def make_reference(path: str | Path, heldout_text: str, cfg: dict, threads: int)
     }
 
 
-def measure_quality(path: str | Path, ref: dict[str, np.ndarray], cfg: dict, threads: int) -> dict:
-    """Perplexity, KL against the reference and top-1 agreement on the reference's own tokens."""
-    llm = load(path, cfg["n_ctx"], threads, logits_all=True)
-    kls, nll, agree = [], [], []
+def quality_of(scorer, ref: dict[str, np.ndarray]) -> dict:
+    """Perplexity, KL, top-1 agreement and delta-p on the reference's own tokens.
+
+    ``scorer`` is anything :func:`chunk_logprobs` can drive (a llama_cpp.Llama with logits_all, or the
+    HF side's wrapper), so both formats are scored by this one function. Delta-p is the change in the
+    probability of the actual next token against the reference (llama-perplexity's "Δp").
+    """
+    kls, nll, agree, dp = [], [], [], []
+    start = 0
     for ch in ref["chunks"]:
-        lp, tgt = chunk_logprobs(llm, [int(t) for t in ch])
+        lp, tgt = chunk_logprobs(scorer, [int(t) for t in ch])
         n = len(tgt)
-        start = sum(len(x) for x in nll)
         s = slice(start, start + n)
+        start += n
         kls.append(stats.kl_from_topk(ref["topk_ids"][s], ref["topk_logp"][s], ref["log_rest"][s], lp))
-        nll.append(-lp[np.arange(n), tgt])
+        own = -lp[np.arange(n), tgt]
+        nll.append(own)
+        dp.append(np.exp(-own) - np.exp(-ref["nll"][s]))
         agree.append(lp.argmax(axis=-1) == ref["topk_ids"][s][:, 0])
-    llm.close()
-    kl = np.concatenate(kls)
+    kl, dp = np.concatenate(kls), np.concatenate(dp)
     d = stats.distribution(kl)
     return {
         "n_tokens": int(kl.size),
@@ -269,9 +275,21 @@ def measure_quality(path: str | Path, ref: dict[str, np.ndarray], cfg: dict, thr
         "kl_mean": d["mean"],
         "kl_median": d["median"],
         "kl_p99": d["p99"],
+        "kl_p999": d["p999"],
         "kl_max": d["max"],
         "top1_agreement": float(np.concatenate(agree).mean()),
+        "dp_mean": float(dp.mean()),
+        "dp_rms": float(np.sqrt((dp**2).mean())),
     }
+
+
+def measure_quality(path: str | Path, ref: dict[str, np.ndarray], cfg: dict, threads: int) -> dict:
+    """:func:`quality_of` for a GGUF file."""
+    llm = load(path, cfg["n_ctx"], threads, logits_all=True)
+    try:
+        return quality_of(llm, ref)
+    finally:
+        llm.close()
 
 
 def answer_tasks(path: str | Path, items: list[dict], cfg: dict, threads: int) -> tuple[list[dict], dict]:

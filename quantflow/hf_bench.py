@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
-from .bench import chunk_logprobs, load_reference, peak_rss_mb, rss_mb
+from .bench import load_reference, peak_rss_mb, rss_mb
+from .bench import quality_of as bench_quality_of
 from .tasks import check, first_line
 
 log = logging.getLogger(__name__)
@@ -377,29 +378,8 @@ class _Scores:
 
 
 def quality_of(model, ref: dict[str, np.ndarray]) -> dict:
-    """Perplexity, KL against the reference and top-1 agreement of a loaded model on the reference's tokens."""
-    scorer = _Scores(model)
-    kls, nll, agree = [], [], []
-    start = 0
-    for ch in ref["chunks"]:
-        lp, tgt = chunk_logprobs(scorer, [int(t) for t in ch])  # one forward; float64 log-softmax
-        n = len(tgt)
-        s = slice(start, start + n)
-        start += n
-        kls.append(stats.kl_from_topk(ref["topk_ids"][s], ref["topk_logp"][s], ref["log_rest"][s], lp))
-        nll.append(-lp[np.arange(n), tgt])
-        agree.append(lp.argmax(axis=-1) == ref["topk_ids"][s][:, 0])
-    kl = np.concatenate(kls)
-    d = stats.distribution(kl)
-    return {
-        "n_tokens": int(kl.size),
-        "ppl": float(np.exp(np.concatenate(nll).mean())),
-        "kl_mean": d["mean"],
-        "kl_median": d["median"],
-        "kl_p99": d["p99"],
-        "kl_max": d["max"],
-        "top1_agreement": float(np.concatenate(agree).mean()),
-    }
+    """:func:`quantflow.bench.quality_of` on a loaded HF model (one forward per reference chunk)."""
+    return bench_quality_of(_Scores(model), ref)
 
 
 def measure_quality(hf_dir: str | Path, variant: str, ref: dict[str, np.ndarray], cfg: dict, threads: int) -> dict:

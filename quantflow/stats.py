@@ -76,12 +76,13 @@ def kl_full(ref_logprobs: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
 
 
 def distribution(values: np.ndarray) -> dict:
-    """Mean, median, p99 and max of a per-token figure."""
+    """Mean, median, p99, p99.9 and max of a per-token figure."""
     v = np.asarray(values, dtype=float)
     return {
         "mean": float(v.mean()),
         "median": float(np.median(v)),
         "p99": float(np.percentile(v, 99)),
+        "p999": float(np.percentile(v, 99.9)),
         "max": float(v.max()),
     }
 

@@ -40,8 +40,9 @@ def test_reference_shape(reference):
 
 def test_f16_against_itself_is_exact(tiny_f16, reference):
     q = bench.measure_quality(tiny_f16, bench.load_reference(reference), CFG, threads=2)
-    assert q["kl_mean"] < 1e-6
+    assert q["kl_mean"] < 1e-6 and q["kl_p999"] < 1e-5
     assert q["top1_agreement"] == 1.0
+    assert abs(q["dp_mean"]) < 1e-6 and q["dp_rms"] < 1e-6
     ref = bench.load_reference(reference)
     assert q["ppl"] == pytest.approx(float(np.exp(ref["nll"].mean())), rel=1e-5)
 
@@ -53,6 +54,8 @@ def test_kl_grows_as_bits_shrink(tiny_f16, reference, tmp_path):
         quantize(tiny_f16, tmp_path / f"{t}.gguf", {"type": t}, threads=2)
         kl[t] = bench.measure_quality(tmp_path / f"{t}.gguf", ref, CFG, threads=2)["kl_mean"]
     assert 0 < kl["Q8_0"] < kl["Q4_K_M"] < kl["Q3_K_M"]
+    q3 = bench.measure_quality(tmp_path / "Q3_K_M.gguf", ref, CFG, threads=2)
+    assert q3["dp_rms"] > 0 and q3["kl_p99"] <= q3["kl_p999"] <= q3["kl_max"]
 
 
 def test_topk_kl_close_to_full_kl_on_real_logits(tiny_f16, tiny_data, tmp_path):
