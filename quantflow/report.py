@@ -60,8 +60,10 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "size_mb", "bits_per_weight",
     "decode_tps", "decode_tps_p10", "decode_tps_p90", "decode_cv",
     "prompt_tps", "prompt_tps_cv", "ttft_ms", "latency_s", "load_s",
+    "engine_tg_tps", "engine_pp_tps", "python_vs_engine_tg",
     "peak_rss_mb", "model_rss_mb", "peak_vram_mb",
-    "ppl", "kl_mean", "kl_median", "kl_p99", "kl_max", "top1_agreement",
+    "ppl", "kl_mean", "kl_median", "kl_p99", "kl_p999", "kl_max", "top1_agreement",
+    "dp_mean", "dp_rms",
     "accuracy", "n_test", "threads",
     "speedup_vs_f16", "accuracy_gain_vs_base", "flips_lost", "flips_gained",
 )  # fmt: skip
@@ -83,6 +85,10 @@ GLOSSARY: tuple[dict[str, str], ...] = (
     {"metric": "CV %", "better": "lower",
      "how": "Coefficient of variation (stdev / mean) of decode tok/s across repetitions; "
             "a noise gauge: above ~5 % treat small speed differences with suspicion."},
+    {"metric": "llama-bench tg; ours / engine", "better": "higher",
+     "how": "llama-bench tg: llama.cpp's own benchmark (llama-bench) on the same GGUF file, "
+            "threads and token counts, generation tok/s (mean). ours / engine: our decode "
+            "median divided by it; the gap below 1.00x is the cost of the Python path."},
     {"metric": "Prompt tok/s", "better": "higher",
      "how": "Prompt processing (prefill) throughput, median over repetitions."},
     {"metric": "TTFT ms", "better": "lower",
@@ -200,6 +206,7 @@ def _result_row(res: Mapping[str, Any]) -> dict[str, Any]:
     speed = res.get("speed") or {}
     mem = res.get("memory") or {}
     qual = res.get("quality") or {}
+    engine = res.get("llama_bench") or {}
     size_bytes = _num(file.get("bytes"))
     return {
         "model": res.get("model"),
@@ -220,6 +227,9 @@ def _result_row(res: Mapping[str, Any]) -> dict[str, Any]:
         "ttft_ms": _stat(speed, "ttft_s") * 1000.0,
         "latency_s": _stat(speed, "latency_s"),
         "load_s": _stat(speed, "load_s"),
+        "engine_tg_tps": _num(engine.get("tg_tps")),
+        "engine_pp_tps": _num(engine.get("pp_tps")),
+        "python_vs_engine_tg": _num(engine.get("python_vs_engine_tg")),
         "peak_rss_mb": _num(mem.get("peak_rss_mb")),
         "model_rss_mb": _num(mem.get("model_rss_mb")),
         # Not in result schema v1; read if a GPU bench ever records it, so vram_budget_mb applies.
@@ -228,8 +238,12 @@ def _result_row(res: Mapping[str, Any]) -> dict[str, Any]:
         "kl_mean": _num(qual.get("kl_mean")),
         "kl_median": _num(qual.get("kl_median")),
         "kl_p99": _num(qual.get("kl_p99")),
+        # Optional (only newer bench outputs carry them); NaN when absent.
+        "kl_p999": _num(qual.get("kl_p999")),
         "kl_max": _num(qual.get("kl_max")),
         "top1_agreement": _num(qual.get("top1_agreement")),
+        "dp_mean": _num(qual.get("dp_mean")),
+        "dp_rms": _num(qual.get("dp_rms")),
         "accuracy": _num(qual.get("accuracy")),
         "n_test": _num(qual.get("n_test")),
         "threads": _num(speed.get("threads")),
@@ -1068,6 +1082,7 @@ def _recommendation_groups(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 MAIN_HEADERS: tuple[str, ...] = (
     "Variant", "Size MB", "BPW", "Decode tok/s median [p10–p90]", "vs f16", "CV %",
+    "llama-bench tg", "ours / engine",
     "Prompt tok/s", "TTFT ms", "Latency ms", "Peak RSS MB", "PPL", "KL mean", "KL p99", "Top-1 %",
     "Accuracy %", "Δ acc vs base (pp)", "Flips lost / gained",
 )  # fmt: skip
@@ -1121,6 +1136,8 @@ def _main_row(r: Mapping[str, Any], recommended: bool) -> list[str]:
         decode,
         _fmt(r["speedup_vs_f16"], ".2f", suffix="x"),
         _fmt(r["decode_cv"], ".1f", scale=100),
+        _fmt(r["engine_tg_tps"], ".1f"),
+        _fmt(r["python_vs_engine_tg"], ".2f", suffix="x"),
         _fmt(r["prompt_tps"], ".1f"),
         _fmt(r["ttft_ms"], ".0f"),
         _fmt(r["latency_s"], ".1f", scale=1000),
@@ -1269,7 +1286,21 @@ def _charts(df: pd.DataFrame, floor: float) -> list[dict[str, Any]]:
             f"({floor:g}). KL is on a log scale, so the f16 reference (KL 0) is drawn a decade "
             "below the lowest measured KL."
         )
-        charts.append({"title": title, "svg": svg, "caption": caption})
+        charts.append({"title": title, "svg": svg, "caption": caption, "measure": "a KL measurement"})
+    accuracy_specs = (
+        ("Accuracy vs speed", "decode_tps", "decode tok/s (median)", False,
+         "Top right is best: higher accuracy, higher tok/s."),
+        ("Accuracy vs size", "size_mb", "file size (MiB)", True,
+         "Top left is best: higher accuracy, smaller file."),
+    )  # fmt: skip
+    for title, x_col, x_label, minimize_x, note in accuracy_specs:
+        svg = _scatter_svg(df, x_col, x_label, minimize_x, title, 0.0, f"qf-acc-{x_col}-", y_col="accuracy")
+        caption = (
+            f"{note} Task accuracy (share of test questions answered correctly); one point per "
+            "variant with an accuracy, one colour per model / fine-tune; the line joins each "
+            "group's Pareto-optimal variants."
+        )
+        charts.append({"title": title, "svg": svg, "caption": caption, "measure": "an accuracy"})
     return charts
 
 
@@ -1281,24 +1312,28 @@ def _scatter_svg(
     title: str,
     floor: float,
     id_prefix: str,
+    y_col: str = "kl_mean",
 ) -> Markup | None:
-    ok = df.loc[(df["status"] == "ok") & df[x_col].notna() & df["kl_mean"].notna()]
+    """KL (log, lower is better) or, with ``y_col="accuracy"``, accuracy % (higher is better)."""
+    ok = df.loc[(df["status"] == "ok") & df[x_col].notna() & df[y_col].notna()]
     if ok.empty:
         return None
-    positive = ok.loc[ok["kl_mean"] > 0, "kl_mean"]
+    is_kl = y_col == "kl_mean"
+    positive = ok.loc[ok["kl_mean"] > 0, "kl_mean"] if is_kl else pd.Series(dtype=float)
     # Log scale cannot show KL 0 (the reference); park it a decade below the smallest real KL.
     shown_zero = float(positive.min()) / 10 if not positive.empty else 1e-6
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for idx, ((model, ft), group) in enumerate(ok.groupby(["model", "ft"], sort=False)):
-        _plot_group(ax, group, x_col, minimize_x, shown_zero, idx, f"{model} / {ft}")
-    if floor > 0:
+        _plot_group(ax, group, x_col, minimize_x, shown_zero, idx, f"{model} / {ft}", y_col=y_col)
+    if floor > 0 and is_kl:
         ax.axhline(floor, color="0.4", linestyle="--", linewidth=0.9, label=f"KL floor {floor:g}")
-    ax.set_yscale("log")
+    if is_kl:
+        ax.set_yscale("log")
     ax.margins(x=0.08, y=0.12)  # room for the point labels at the edges
     ax.set_xlabel(x_label)
-    ax.set_ylabel("KL mean vs f16 (log)")
+    ax.set_ylabel("KL mean vs f16 (log)" if is_kl else "task accuracy (%)")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -1313,20 +1348,23 @@ def _plot_group(
     shown_zero: float,
     idx: int,
     label: str,
+    y_col: str = "kl_mean",
 ) -> None:
     color = f"C{idx % 10}"
+    is_kl = y_col == "kl_mean"
     xs = group[x_col].astype(float).tolist()
-    kls = group["kl_mean"].astype(float).tolist()
-    ys = [max(k, shown_zero) for k in kls]
+    values = group[y_col].astype(float).tolist()
+    ys = [max(v, shown_zero) for v in values] if is_kl else [v * 100 for v in values]
     ax.scatter(xs, ys, color=color, label=label, zorder=3)
     # Fine-tunes of one model often land on the same spot; alternating label sides keeps
     # both legible.
     offset = (4, 4) if idx % 2 == 0 else (4, -10)
-    for x, y, kl, variant in zip(xs, ys, kls, group["variant"], strict=True):
-        text = _short_variant(variant) + (" (ref)" if kl <= 0 else "")
+    for x, y, value, variant in zip(xs, ys, values, group["variant"], strict=True):
+        text = _short_variant(variant) + (" (ref)" if is_kl and value <= 0 else "")
         ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=7, color=color)
+    # KL: lower is better; accuracy: higher is better.
     front = sorted(
-        pareto_front(list(zip(kls, xs, strict=True)), minimize=(True, minimize_x)),
+        pareto_front(list(zip(values, xs, strict=True)), minimize=(is_kl, minimize_x)),
         key=lambda i: xs[i],
     )
     if len(front) > 1:

@@ -61,6 +61,7 @@ def make_result(
     reason: str | None = None,
     latency_s: float = 1.5,
     answers: list[bool] | None = None,
+    engine_ratio: float | None = None,
 ) -> dict[str, Any]:
     """One result dict in the shape the bench stage writes (schema_version 1)."""
     res: dict[str, Any] = {
@@ -117,6 +118,20 @@ def make_result(
         "accuracy": accuracy,
         "n_test": 20,
     }
+    if engine_ratio is not None:
+        # llama-bench on the same file: our decode median is engine_ratio of its tg.
+        res["llama_bench"] = {
+            "pp_tps": decode_tps * 12,
+            "pp_sd": 1.0,
+            "pp_tokens": 128,
+            "tg_tps": decode_tps / engine_ratio,
+            "tg_sd": 0.5,
+            "tg_tokens": 64,
+            "reps": 5,
+            "threads": 8,
+            "python_vs_engine_tg": engine_ratio,
+            "python_vs_engine_pp": 10 / 12,
+        }
     if answers is not None:
         res["answers"] = [_answer(i, ok) for i, ok in enumerate(answers)]
     return res
@@ -134,8 +149,16 @@ def _answer(i: int, correct: bool) -> dict[str, Any]:
     }
 
 
+#: Our decode / llama-bench tg for the base fine-tune's results; lora's carry no llama_bench block.
+ENGINE_RATIO = 0.8
+
+
 def all_results() -> list[dict[str, Any]]:
-    results = [make_result(ft, *spec) for ft, specs in VARIANTS.items() for spec in specs]
+    results = [
+        make_result(ft, *spec, engine_ratio=ENGINE_RATIO if ft == "base" else None)
+        for ft, specs in VARIANTS.items()
+        for spec in specs
+    ]
     results.append(make_result("lora", "gguf-Q2_K", "Q2_K", status="not_run", reason=NOT_RUN_REASON))
     return results
 
@@ -250,6 +273,29 @@ def test_results_table_missing_blocks_are_nan() -> None:
     assert pd.isna(skipped["n_test"])
 
 
+def test_results_table_llama_bench_columns() -> None:
+    df = report.results_table(all_results())
+    q4 = _row(df, "base", "gguf-Q4_K_M")
+    assert q4["engine_tg_tps"] == pytest.approx(50.0 / ENGINE_RATIO)
+    assert q4["engine_pp_tps"] == pytest.approx(600.0)
+    assert q4["python_vs_engine_tg"] == pytest.approx(ENGINE_RATIO)
+    for ft, variant in (("lora", "gguf-Q4_K_M"), ("lora", "gguf-Q2_K")):
+        row = _row(df, ft, variant)
+        for col in ("engine_tg_tps", "engine_pp_tps", "python_vs_engine_tg"):
+            assert math.isnan(row[col]), (ft, variant, col)
+
+
+def test_results_table_optional_quality_extras() -> None:
+    plain = make_result("base", *VARIANTS["base"][1])
+    extra = make_result("base", *VARIANTS["base"][2])
+    extra["quality"].update({"kl_p999": 0.9, "dp_mean": -0.01, "dp_rms": 0.05})
+    df = report.results_table([plain, extra])
+    row = _row(df, "base", "gguf-Q4_K_M")
+    assert (row["kl_p999"], row["dp_mean"], row["dp_rms"]) == (0.9, -0.01, 0.05)
+    other = _row(df, "base", "gguf-Q8_0")
+    assert all(math.isnan(other[c]) for c in ("kl_p999", "dp_mean", "dp_rms"))
+
+
 def test_speedup_nan_without_f16_and_gain_nan_without_base() -> None:
     results = [make_result("lora", *VARIANTS["lora"][2])]
     row = report.results_table(results).iloc[0]
@@ -268,6 +314,18 @@ def test_pareto_front_min_kl_max_speed() -> None:
 def test_pareto_front_min_both() -> None:
     points = [(0.0, 100.0), (0.002, 53.0), (0.03, 30.0), (0.12, 25.0), (0.05, 60.0)]
     assert report.pareto_front(points, minimize=(True, True)) == [0, 1, 2, 3]
+
+
+def test_pareto_front_max_accuracy_max_speed() -> None:
+    # (accuracy, decode tok/s): f16 is tied on accuracy with Q8_0 but slower; Q3 loses to Q4.
+    points = [(0.50, 20.0), (0.50, 35.0), (0.45, 50.0), (0.40, 48.0)]
+    assert report.pareto_front(points, minimize=(False, False)) == [1, 2]
+
+
+def test_pareto_front_max_accuracy_min_size() -> None:
+    # (accuracy, size MB): the last point is bigger than Q4 and less accurate.
+    points = [(0.50, 100.0), (0.50, 53.0), (0.45, 30.0), (0.40, 25.0), (0.40, 40.0), (float("nan"), 1.0)]
+    assert report.pareto_front(points, minimize=(False, True)) == [1, 2, 3]
 
 
 def test_pareto_front_edge_cases() -> None:
@@ -620,6 +678,50 @@ def test_render_writes_all_files(tmp_path: Path) -> None:
         assert "KL mean" in text  # glossary / table header
     assert "| Key | Value |" in md
     assert "| versions.pandas | 3.1.1 |" in md
+
+
+def test_render_accuracy_charts_and_llama_bench_columns(tmp_path: Path) -> None:
+    report.render(all_results(), [], RUN, tmp_path, quality_floor_kl=0.05)
+    html = (tmp_path / "index.html").read_text(encoding="utf-8")
+    md = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert html.count("<svg") == 4  # KL vs speed / size, then accuracy vs speed / size
+    assert html.index("Quality vs size") < html.index("Accuracy vs speed") < html.index("Accuracy vs size")
+    assert "Top right is best: higher accuracy, higher tok/s." in html
+    # Chart element ids stay unique once the four SVGs share one document.
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids))
+    for text in (md, html):
+        assert "llama-bench tg" in text and "ours / engine" in text
+        assert "cost of the Python path" in text  # glossary
+    assert "| gguf-Q4_K_M ★ | 30.0 | 4.90 | 50.0 [47.5–52.5] | 2.50x | 2.0 | 62.5 | 0.80x |" in md
+    # lora's results carry no llama_bench block: both cells are blank.
+    assert "| gguf-Q4_K_M ★ | 30.0 | 4.90 | 52.0 [49.4–54.6] | 2.48x | 2.0 | – | – |" in md
+    html_row = re.search(r"<code>gguf-Q4_K_M ★</code></td>\s*(.*?)</tr>", html, re.S)
+    assert html_row is not None and '>62.5</td><td class="num">0.80x</td>' in html_row.group(1)
+
+
+def test_accuracy_charts_skip_rows_without_accuracy(tmp_path: Path) -> None:
+    results = [make_result("base", *spec) for spec in VARIANTS["base"]]
+    for res in results:
+        del res["quality"]["accuracy"]
+    df = report.results_table(results)
+    charts = report._charts(df, 0.05)
+    assert [c["title"] for c in charts] == [
+        "Quality vs speed",
+        "Quality vs size",
+        "Accuracy vs speed",
+        "Accuracy vs size",
+    ]
+    assert [c["svg"] is not None for c in charts] == [True, True, False, False]
+    report.render(results, [], RUN, tmp_path, quality_floor_kl=0.05)
+    html = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert html.count("<svg") == 2
+    assert "Accuracy vs size: no variant has both an accuracy and this axis's value" in html
+    # One result without accuracy among others: still charted, the row is just left out.
+    results[0]["quality"]["accuracy"] = 0.5
+    results[1]["quality"]["accuracy"] = 0.5
+    charts = report._charts(report.results_table(results), 0.05)
+    assert all(c["svg"] is not None for c in charts)
 
 
 def test_render_csv_has_one_row_per_variant(tmp_path: Path) -> None:
