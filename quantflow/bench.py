@@ -106,6 +106,25 @@ def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float, float]:
     return len(prompt) / (t1 - t0), n_gen / (t2 - t1)
 
 
+def speed_summary(cfg: dict, threads: int, prompt_tokens: int, load_s, pp, tg, ttft, lat) -> tuple[dict, dict]:
+    """The result's speed block (and an empty memory block) from raw repetitions: one shape for both formats."""
+    speed = {
+        "threads": threads,
+        "n_ctx": cfg["n_ctx"],
+        "prompt_tokens": prompt_tokens,
+        "gen_tokens": cfg["gen_tokens"],
+        "warmup": cfg["warmup"],
+        "converged": stats.converged(tg, cfg["target_ci"]),
+        "target_ci": cfg["target_ci"],
+        "load_s": stats.summarize(load_s),
+        "prompt_tps": stats.summarize(pp),
+        "decode_tps": stats.summarize(tg),
+        "ttft_s": stats.summarize(ttft),
+        "latency_s": stats.summarize(lat),
+    }
+    return speed, {"use_mmap": False}
+
+
 def measure_speed(path: str | Path, cfg: dict, threads: int, prompt: list[int], suite: list[dict]) -> tuple[dict, dict]:
     """Load time, prompt/decode rates, TTFT and latency over the prompt suite; then memory.
 
@@ -142,21 +161,8 @@ def measure_speed(path: str | Path, cfg: dict, threads: int, prompt: list[int], 
                 lat.append(t_all)
     peak = peak_rss_mb()
     llm.close()
-    speed = {
-        "threads": threads,
-        "n_ctx": cfg["n_ctx"],
-        "prompt_tokens": min(cfg["prompt_tokens"], len(prompt)),
-        "gen_tokens": cfg["gen_tokens"],
-        "warmup": warm,
-        "converged": stats.converged(tg, cfg["target_ci"]),
-        "target_ci": cfg["target_ci"],
-        "load_s": stats.summarize(load_s),
-        "prompt_tps": stats.summarize(pp),
-        "decode_tps": stats.summarize(tg),
-        "ttft_s": stats.summarize(ttft),
-        "latency_s": stats.summarize(lat),
-    }
-    memory = {"peak_rss_mb": peak, "baseline_rss_mb": baseline, "model_rss_mb": peak - baseline, "use_mmap": False}
+    speed, memory = speed_summary(cfg, threads, min(cfg["prompt_tokens"], len(prompt)), load_s, pp, tg, ttft, lat)
+    memory.update(peak_rss_mb=peak, baseline_rss_mb=baseline, model_rss_mb=peak - baseline)
     log.info(
         "decode %.1f tok/s (CV %.1f %%, %d runs), prompt %.1f tok/s, peak RSS %.1f MB",
         speed["decode_tps"]["median"],

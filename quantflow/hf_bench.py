@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
-from .bench import load_reference, peak_rss_mb, rss_mb
+from .bench import load_reference, peak_rss_mb, rss_mb, speed_summary
 from .bench import quality_of as bench_quality_of
 from .tasks import check, first_line
 
@@ -84,21 +84,14 @@ def _sync(device) -> None:
 
 
 def _quant_config(variant: str):
-    import torch
-    from transformers import BitsAndBytesConfig
+    """bitsandbytes settings: the same as the QLoRA fine-tunes' (8-bit; NF4 with double quantization).
 
-    if variant == "hf-bnb8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    if variant == "hf-nf4":
-        # On CPUs with AVX512-BF16, bnb's single-token (decode) kernel computes in bf16 whatever the
-        # compute dtype; multi-token forwards (prompt, quality) dequantize to float32.
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
-        )
-    return None
+    On CPUs with AVX512-BF16, bnb's single-token (decode) NF4 kernel computes in bf16 whatever the
+    compute dtype; multi-token forwards (prompt, quality) dequantize to float32.
+    """
+    from .finetune import quantization_config
+
+    return quantization_config({"hf-bnb8": "qlora8", "hf-nf4": "qlora4"}.get(variant, ""))
 
 
 def load_hf(hf_dir: str | Path, variant: str, threads: int):
@@ -278,21 +271,8 @@ def measure_speed(
     peak = peak_rss_mb()
     del model, tok
     _free_memory()
-    speed = {
-        "threads": threads,
-        "n_ctx": cfg["n_ctx"],
-        "prompt_tokens": len(prompt),
-        "gen_tokens": cfg["gen_tokens"],
-        "warmup": warm,
-        "converged": stats.converged(tg, cfg["target_ci"]),
-        "target_ci": cfg["target_ci"],
-        "load_s": stats.summarize(load_s),
-        "prompt_tps": stats.summarize(pp),
-        "decode_tps": stats.summarize(tg),
-        "ttft_s": stats.summarize(ttft),
-        "latency_s": stats.summarize(lat),
-    }
-    memory = {"peak_rss_mb": peak, "baseline_rss_mb": baseline, "model_rss_mb": peak - baseline, "use_mmap": False}
+    speed, memory = speed_summary(cfg, threads, len(prompt), load_s, pp, tg, ttft, lat)
+    memory.update(peak_rss_mb=peak, baseline_rss_mb=baseline, model_rss_mb=peak - baseline)
     log.info(
         "%s: decode %.1f tok/s (CV %.1f %%, %d runs), prompt %.1f tok/s, peak RSS %.1f MB",
         variant,
