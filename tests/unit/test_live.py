@@ -48,9 +48,9 @@ SNAKEMAKE
 =========
   Date: 2026-11-24 03:49:51
   Snakemake version: 9.27.1
-  Snakefile: /work/main/Snakefile
+  Snakefile: /home/user/quantflow/Snakefile
   Working directory: /tmp/wd
-  Config file(s): [PosixPath('/work/main/tests/configs/tiny.yaml')]
+  Config file(s): [PosixPath('/home/user/quantflow/tests/configs/tiny.yaml')]
   Config MD5: 1e446054536bf9805d6ab534ce43fcc3
 
 Building DAG of jobs...
@@ -191,8 +191,8 @@ def test_parse_running_log() -> None:
     assert run.finished == {5} and run.failed == {}
     assert not run.ended and run.outcome == "running"
     assert run.progress == (1, 3)
-    assert run.snakefile == "/work/main/Snakefile"
-    assert run.configfiles == ["/work/main/tests/configs/tiny.yaml"]
+    assert run.snakefile == "/home/user/quantflow/Snakefile"
+    assert run.configfiles == ["/home/user/quantflow/tests/configs/tiny.yaml"]
 
 
 def test_parse_failed_and_complete_logs() -> None:
@@ -336,8 +336,8 @@ def test_summary_command_reuses_the_runs_snakefile_and_configs(tmp_path: Path) -
     monitor = live.Monitor(tmp_path)
     cmd = monitor._summary_command(live.parse_run_log(RUNNING_LOG))
     assert "--summary" in cmd and "--dry-run" in cmd  # dry-run: no lock taken, no log written
-    assert cmd[cmd.index("-s") + 1] == "/work/main/Snakefile"
-    assert cmd[cmd.index("--configfile") + 1] == "/work/main/tests/configs/tiny.yaml"
+    assert cmd[cmd.index("-s") + 1] == "/home/user/quantflow/Snakefile"
+    assert cmd[cmd.index("--configfile") + 1] == "/home/user/quantflow/tests/configs/tiny.yaml"
     explicit = live.Monitor(tmp_path, configfiles=[Path("other.yaml")])._summary_command(
         live.parse_run_log(RUNNING_LOG)
     )
