@@ -180,19 +180,25 @@ def measure_speed_isolated(path: str | Path, cfg: dict, threads: int, prompt: li
     The Snakemake script process carries Snakemake's own imports (~150 MB); measured in there, peak
     RSS would mostly be the workflow engine, not the model.
     """
-    payload = json.dumps({"path": str(path), "cfg": cfg, "threads": threads, "prompt": prompt, "suite": suite})
+    payload = {"path": str(path), "cfg": cfg, "threads": threads, "prompt": prompt, "suite": suite}
+    out = run_isolated("quantflow.bench", payload, str(path))
+    return out["speed"], out["memory"]
+
+
+def run_isolated(module: str, payload: dict, what: str) -> dict:
+    """Run ``python -m module`` in a fresh interpreter: JSON job on stdin, JSON result on stdout,
+    its log lines (stderr) forwarded to this process's log."""
     pkg_root = str(Path(__file__).resolve().parent.parent)  # importable even when not pip-installed
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(
-        [sys.executable, "-m", "quantflow.bench"], input=payload, capture_output=True, text=True, env=env, check=False
+        [sys.executable, "-m", module], input=json.dumps(payload), capture_output=True, text=True, env=env, check=False
     )
     for line in proc.stderr.splitlines():
         log.info("speed: %s", line)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"speed measurement of {path} failed (exit {proc.returncode}): {tail[0]}")
-    out = json.loads(proc.stdout)
-    return out["speed"], out["memory"]
+        raise RuntimeError(f"speed measurement of {what} failed (exit {proc.returncode}): {tail[0]}")
+    return json.loads(proc.stdout)
 
 
 def _main() -> None:

@@ -18,8 +18,6 @@ import gc
 import importlib.util
 import json
 import logging
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -28,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
-from .bench import load_reference, peak_rss_mb, rss_mb, speed_summary
+from .bench import load_reference, peak_rss_mb, rss_mb, run_isolated, speed_summary
 from .bench import quality_of as bench_quality_of
 from .tasks import check, first_line
 
@@ -293,32 +291,15 @@ def measure_speed_isolated(
     As for the GGUF bench: measured inside the Snakemake script process, peak RSS would include
     Snakemake's own imports and whatever earlier steps allocated.
     """
-    payload = json.dumps(
-        {
-            "hf_dir": str(hf_dir),
-            "variant": variant,
-            "cfg": cfg,
-            "threads": threads,
-            "prompt": prompt_ids,
-            "suite": suite,
-        }
-    )
-    pkg_root = str(Path(__file__).resolve().parent.parent)  # importable even when not pip-installed
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run(
-        [sys.executable, "-m", "quantflow.hf_bench"],
-        input=payload,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    for line in proc.stderr.splitlines():
-        log.info("speed: %s", line)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"speed measurement of {variant} ({hf_dir}) failed (exit {proc.returncode}): {tail[0]}")
-    out = json.loads(proc.stdout)
+    payload = {
+        "hf_dir": str(hf_dir),
+        "variant": variant,
+        "cfg": cfg,
+        "threads": threads,
+        "prompt": prompt_ids,
+        "suite": suite,
+    }
+    out = run_isolated("quantflow.hf_bench", payload, f"{variant} ({hf_dir})")
     return out["speed"], out["memory"]
 
 

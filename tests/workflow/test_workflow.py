@@ -149,21 +149,7 @@ def test_broken_config_fails_before_any_job(tmp_path, mutate, key):
     path.write_text(yaml.safe_dump(cfg))
     wd = tmp_path / "wd"
     wd.mkdir()
-    # Only the broken file: the Snakefile's own configfile would otherwise fill in removed keys.
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(wd),
-        "--configfile",
-        str(path),
-        "--cores",
-        "1",
-    ]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    p = snakemake(wd, configfile=path, timeout=120)
     assert p.returncode != 0
     errors = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("quantflow: config key")]
     assert len(errors) == 1 and key in errors[0], p.stdout + p.stderr
