@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .atomic import atomic_path, die_with_parent
+from .inputs import check_hf_dir
 from .quantize import check_gguf
 
 log = logging.getLogger(__name__)
@@ -23,21 +25,16 @@ def converter_path(llama_cpp_dir: str | Path) -> Path:
 def convert(hf_dir: str | Path, out: str | Path, llama_cpp_dir: str | Path, outtype: str = "f16") -> None:
     """Convert an HF directory to GGUF; write to a temporary name and move into place when valid."""
     hf_dir = Path(hf_dir)
-    if not (hf_dir / "config.json").exists():
-        raise FileNotFoundError(f"{hf_dir}: no config.json, not a Hugging Face model directory")
-    if not any(hf_dir.glob("*.safetensors")) and not any(hf_dir.glob("*.bin")):
-        raise FileNotFoundError(f"{hf_dir}: no weights (*.safetensors or *.bin)")
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.partial")
-    cmd = [sys.executable, str(converter_path(llama_cpp_dir)), str(hf_dir), "--outtype", outtype, "--outfile", str(tmp)]
-    log.info("running %s", " ".join(cmd))
-    env = dict(os.environ, NO_LOCAL_GGUF="")  # unset would also do; the converter adds its gguf-py itself
-    env.pop("NO_LOCAL_GGUF")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in (proc.stdout + proc.stderr).splitlines():
-        log.info("converter: %s", line)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"convert_hf_to_gguf.py failed on {hf_dir} (exit {proc.returncode}); see the log above")
-    check_gguf(tmp)
-    os.replace(tmp, out)
+    check_hf_dir(hf_dir)  # config, complete weights, tokenizer: a clear error, not the converter's traceback
+    script = converter_path(llama_cpp_dir)
+    with atomic_path(out) as tmp:
+        cmd = [sys.executable, str(script), str(hf_dir), "--outtype", outtype, "--outfile", str(tmp)]
+        log.info("running %s", " ".join(cmd))
+        env = dict(os.environ)
+        env.pop("NO_LOCAL_GGUF", None)  # the converter puts its own gguf-py first on sys.path
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=die_with_parent)
+        for line in (proc.stdout + proc.stderr).splitlines():
+            log.info("converter: %s", line)
+        if proc.returncode != 0:
+            raise RuntimeError(f"convert_hf_to_gguf.py failed on {hf_dir} (exit {proc.returncode}); see the log above")
+        check_gguf(tmp)

@@ -18,6 +18,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import atomic
+
 log = logging.getLogger(__name__)
 
 CATEGORIES = ("lookup", "math", "word_problem", "code", "reasoning", "counting", "explanation")
@@ -220,9 +222,8 @@ def _pick_per_category(items: list[dict], n: int) -> list[dict]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
+    """One JSON object per line, written under a temporary name and moved into place."""
+    atomic.write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -237,7 +238,7 @@ def write_demo_data(outputs: dict[str, str], seed: int, sizes: dict[str, int]) -
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         if key in ("corpus", "heldout", "calibration"):
-            p.write_text("\n".join(data[key]) + "\n", encoding="utf-8")
+            atomic.write_text(p, "\n".join(data[key]) + "\n")
         else:
             write_jsonl(p, data[key])
         log.info("wrote %s (%d rows)", p, len(data[key]))

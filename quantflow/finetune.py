@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def train(base_dir: str, train_path: str, eval_path: str, adapter_dir: str, para
     train_ds, eval_ds = load_sft_dataset(train_path), load_sft_dataset(eval_path)
     out = Path(adapter_dir)
     cfg = SFTConfig(
-        output_dir=str(out.parent / f".{out.name}.trainer"),
+        output_dir=str(out / ".trainer"),  # inside the (temporary) output: a killed job leaves nothing elsewhere
         max_steps=params["steps"],
         per_device_train_batch_size=params["batch_size"],
         per_device_eval_batch_size=params["batch_size"],
@@ -187,6 +188,7 @@ def train(base_dir: str, train_path: str, eval_path: str, adapter_dir: str, para
     result = trainer.train()
     wall = time.perf_counter() - t0
     ev = trainer.evaluate()
+    shutil.rmtree(out / ".trainer", ignore_errors=True)
     trainer.model.save_pretrained(out)
     save_tokenizer(tok, out, Path(base_dir) / "tokenizer.model")
     train_logs = [r for r in trainer.state.log_history if "loss" in r]

@@ -10,9 +10,10 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
-import os
 from collections import Counter
 from pathlib import Path
+
+from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +40,66 @@ ALLOWED_TYPES = {
 # Types llama.cpp substitutes when a K-quant or IQ type does not fit a row.
 FALLBACK_TYPES = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "F16", "BF16", "F32"}
 GGUF_MAGIC = b"GGUF"
+QK_K = 256  # llama.cpp's K-quant super-block (ggml-common.h): a row must be a multiple of it
+# Block sizes of the non-K types that llama.cpp's fallbacks use; every other type listed here needs QK_K.
+_SMALL_BLOCK_TYPES = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "MXFP4_MOE", "F16", "BF16", "F32"}
+
+
+def needs_qk_k(ftype: str) -> bool:
+    """Whether llama.cpp's type ``ftype`` (e.g. Q4_K_M, IQ3_XS, TQ1_0) quantizes rows in 256-wide super-blocks."""
+    return ftype.upper() not in _SMALL_BLOCK_TYPES
+
+
+def predicted_fallbacks(hidden: int, ffn: int, q_width: int) -> dict[str, int]:
+    """Tensors whose row width is not a multiple of QK_K, so K-quants would fall back for them.
+
+    The row width of a ggml weight is its first dimension (ne[0]), the Linear's input features:
+    ``hidden`` for token_embd, output, attn_q/k/v, ffn_gate/up; heads x head_dim (``q_width``) for
+    attn_output; ``ffn`` for ffn_down (llama_tensor_get_type() in llama.cpp's src/llama-quant.cpp
+    checks ``ne[0] % QK_K``); k/v read the hidden state, so GQA does not change their width.
+    Returns {GGUF tensor name pattern: offending width}.
+    """
+    widths = {
+        "token_embd": hidden,
+        "output": hidden,
+        "blk.*.attn_q": hidden,
+        "blk.*.attn_k": hidden,
+        "blk.*.attn_v": hidden,
+        "blk.*.ffn_gate": hidden,
+        "blk.*.ffn_up": hidden,
+        "blk.*.attn_output": q_width,
+        "blk.*.ffn_down": ffn,
+    }
+    return {name: w for name, w in widths.items() if w % QK_K}
 
 
 def check_gguf(path: str | Path) -> None:
-    """Raise unless ``path`` is a complete GGUF file (magic, header, every tensor inside the file)."""
+    """Raise unless ``path`` is a complete GGUF file (magic, header, every tensor inside the file).
+
+    The message names the file and the fix: a GGUF in the workflow's tree is remade by deleting it
+    and rerunning (Snakemake then reruns the job that writes it).
+    """
     from gguf import GGUFReader
 
     p = Path(path)
+    fix = "delete it and rerun (the workflow remakes it), or copy it again if it came from elsewhere"
+    size = p.stat().st_size
     with open(p, "rb") as f:
         if f.read(4) != GGUF_MAGIC:
-            raise ValueError(f"{p}: not a GGUF file (bad magic); delete it and rerun the job that made it")
+            what = "an empty file" if size == 0 else "not a GGUF file (bad magic)"
+            raise ValueError(f"{p}: {what}; {fix}")
     try:
         r = GGUFReader(p)
     except Exception as e:  # noqa: BLE001 - the reader raises many types on truncated files
-        raise ValueError(f"{p}: truncated or corrupted GGUF ({e}); delete it and rerun") from e
-    size = p.stat().st_size
-    for t in r.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise ValueError(f"{p}: tensor {t.name} extends past the end of the file; delete it and rerun")
+        raise ValueError(f"{p}: truncated or corrupted GGUF ({size} bytes; {e}); {fix}") from e
+    if not r.tensors:
+        raise ValueError(f"{p}: GGUF holds no tensors ({size} bytes); {fix}")
+    end = max(int(t.data_offset) + int(t.n_bytes) for t in r.tensors)
+    if end > size:
+        short = [t.name for t in r.tensors if int(t.data_offset) + int(t.n_bytes) > size]
+        raise ValueError(
+            f"{p}: truncated GGUF ({size} of {end} bytes; {len(short)} tensor(s) cut, first {short[0]}); {fix}"
+        )
 
 
 def tensor_summary(path: str | Path) -> dict:
@@ -107,6 +150,7 @@ def quantize(
 
     from .config import ggml_types, llama_quant_types
 
+    check_gguf(src)
     ftype = opts["type"]
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_quant_types()[ftype]
@@ -121,34 +165,26 @@ def quantize(
         overrides["token_embd.weight"] = opts["token_embedding_type"].upper()
     if opts.get("leave_output_tensor"):
         params.quantize_output_tensor = False
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.partial")
-    if imatrix is not None:
-        from .llama_tools import quantize_with_imatrix
+    with atomic_path(dst) as tmp:
+        if imatrix is not None:
+            from .llama_tools import quantize_with_imatrix
 
-        try:
             quantize_with_imatrix(llama_cpp_dir, src, tmp, opts, imatrix, threads)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    else:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0:
-            tmp.unlink(missing_ok=True)
-            raise RuntimeError(f"llama_model_quantize({src} -> {ftype}) returned {rc}")
-    check_gguf(tmp)
-    summary = tensor_summary(tmp)
-    if opts.get("leave_output_tensor") and "output.weight" in summary["tensors"]:
-        overrides.setdefault("output.weight", summary["tensors"]["output.weight"][0])
-    bad = fallback_tensors(summary["tensors"], ftype, overrides)
-    if bad:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"{ftype}: llama.cpp fell back to other types for {len(bad)} tensor(s): {', '.join(bad[:12])}"
-            + (" ..." if len(bad) > 12 else "")
-            + " (K-quants need row sizes that are multiples of 256)"
-        )
-    os.replace(tmp, dst)
+        else:
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+            if rc != 0:
+                raise RuntimeError(f"llama_model_quantize({src} -> {ftype}) returned {rc}")
+        check_gguf(tmp)
+        summary = tensor_summary(tmp)
+        if opts.get("leave_output_tensor") and "output.weight" in summary["tensors"]:
+            overrides.setdefault("output.weight", summary["tensors"]["output.weight"][0])
+        bad = fallback_tensors(summary["tensors"], ftype, overrides)
+        if bad:
+            raise RuntimeError(
+                f"{ftype}: llama.cpp fell back to other types for {len(bad)} tensor(s): {', '.join(bad[:12])}"
+                + (" ..." if len(bad) > 12 else "")
+                + " (K-quants need row sizes that are multiples of 256)"
+            )
     log.info("%s: %.2f bits/weight, types %s", dst, summary["bits_per_weight"], summary["tensor_types"])
     return summary
 

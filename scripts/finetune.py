@@ -4,21 +4,13 @@ Snakemake rule `finetune`: input.base (HF directory), input.train, input.eval; o
 (directory), output.metrics (JSON); params.ft (the variant's settings); threads.
 """
 
-import json
-import os
-import shutil
-from pathlib import Path
-
+from quantflow import atomic
 from quantflow.finetune import train
 from quantflow.logs import to_file
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 to_file(sm.log[0])
-out = Path(sm.output.adapter)
-tmp = out.with_name(f".{out.name}.partial")
-shutil.rmtree(tmp, ignore_errors=True)
-metrics = train(sm.input.base, sm.params.train, sm.params.eval, str(tmp), sm.params.ft, sm.threads)
-shutil.rmtree(out.with_name(f".{tmp.name}.trainer"), ignore_errors=True)
-os.replace(tmp, out)
+with atomic.atomic_path(sm.output.adapter, directory=True) as tmp:  # the adapter appears only when complete
+    metrics = train(sm.input.base, sm.params.train, sm.params.eval, str(tmp), sm.params.ft, sm.threads)
 metrics.update(model=sm.wildcards.model, ft=sm.wildcards.ft)
-Path(sm.output.metrics).write_text(json.dumps(metrics, indent=2))
+atomic.write_json(sm.output.metrics, metrics)
