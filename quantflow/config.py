@@ -6,6 +6,7 @@ Every problem is reported as one line naming the key path, before any job runs.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -53,6 +54,13 @@ def _describe(err) -> str:
         return err.message.replace("is a required property", "is required but missing")
     if err.validator == "enum":
         return f"{err.instance!r} is not one of {err.validator_value}"
+    if err.validator == "type" and err.absolute_path:
+        hint = unit_hint(str(err.absolute_path[-1]), err.instance)
+        if hint:
+            return hint
+    if err.validator == "maximum" and err.absolute_path and err.absolute_path[-1] == "min_accuracy":
+        v = err.instance
+        return f"{v} is above 1; min_accuracy is a fraction of the test questions (for {v} % write {v / 100:g})"
     return err.message
 
 
@@ -140,6 +148,8 @@ def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
                 errs.append(f"config key models[{i}].path: required for source local (a Hugging Face directory)")
             elif not (base_dir / p).is_dir() or not (base_dir / p / "config.json").exists():
                 errs.append(f"config key models[{i}].path: {p} is not a Hugging Face model directory (no config.json)")
+            else:
+                errs.extend(_model_dir_errors(f"models[{i}].path", base_dir / p, cfg))
         if m["source"] == "hub":
             if not m.get("hf"):
                 errs.append(
@@ -158,6 +168,8 @@ def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
                         errs.extend(_hub_dataset_errors(f"models[{i}].data.{k}", k, v))
                     elif not (base_dir / v).is_file():
                         errs.append(f"config key models[{i}].data.{k}: file {v} does not exist")
+                    else:
+                        errs.extend(_data_file_errors(f"models[{i}].data.{k}", k, base_dir / v))
     ft_names = [f["name"] for f in cfg["finetunes"]]
     for i, f in enumerate(cfg["finetunes"]):
         if ft_names.count(f["name"]) > 1:
@@ -173,6 +185,9 @@ def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
                     f"config key models[{i}].data.calibration: required when imatrix.types is set "
                     "(calibration text for the importance matrix; never the held-out text)"
                 )
+    errs.extend(_demo_dims_errors(cfg))
+    errs.extend(_gpu_errors(cfg))
+    errs.extend(_budget_unit_errors(cfg.get("report", {})))
     b = cfg["bench"]
     if b["prompt_tokens"] + b["gen_tokens"] > b["n_ctx"]:
         errs.append(
@@ -180,6 +195,121 @@ def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
             f"({b['prompt_tokens']} + {b['gen_tokens']})"
         )
     return errs
+
+
+def kquant_types(cfg: dict) -> list[str]:
+    """The configured GGUF types that quantize in 256-wide super-blocks (K-quants, IQ and TQ types)."""
+    from .quantize import needs_qk_k
+
+    types = [canonical_quant(q if isinstance(q, str) else q["type"]) for q in cfg["quants"]]
+    types += [canonical_quant(t) for t in cfg.get("imatrix", {}).get("types", [])]
+    return sorted({t for t in types if needs_qk_k(t)})
+
+
+def _fallback_line(key: str, dims: dict[str, int], kq: list[str], what: str) -> list[str]:
+    """One line naming the tensors a K-quant would silently give other types, or none."""
+    from .quantize import QK_K, predicted_fallbacks
+
+    bad = predicted_fallbacks(dims["hidden"], dims["ffn"], dims["q_width"])
+    if not bad or not kq:
+        return []
+    widths = ", ".join(f"{n} ({w})" for n, w in bad.items())
+    return [
+        f"config key {key}: {what}: row widths not a multiple of {QK_K}, so {', '.join(kq)} would fall back to "
+        f"other types for {widths}; quantize this model with non-K types (Q8_0, Q5_0, Q4_0) or drop those types"
+    ]
+
+
+def _model_dir_errors(key: str, d: Path, cfg: dict) -> list[str]:
+    """A local model directory: complete weights, a tokenizer, and widths the K-quants can use."""
+    from .inputs import InputError, check_hf_dir, hf_dims
+
+    try:
+        check_hf_dir(d)
+        dims = hf_dims(d)
+    except (InputError, OSError, ValueError) as e:
+        return [f"config key {key}: {e}"]
+    return _fallback_line(key, dims, kquant_types(cfg), str(d)) if dims else []
+
+
+def _data_file_errors(key: str, field: str, path: Path) -> list[str]:
+    from .inputs import InputError, check_data_file
+
+    try:
+        check_data_file(field, path)
+    except (InputError, OSError, ValueError) as e:
+        return [f"config key {key}: {e}"]
+    return []
+
+
+def _demo_dims_errors(cfg: dict) -> list[str]:
+    """The demo's attention width (heads x head_dim) must suit K-quants like its other widths (schema)."""
+    if not any(m["source"] == "demo" for m in cfg["models"]):
+        return []
+    m = cfg["demo"]["model"]
+    dims = {"hidden": m["hidden_size"], "ffn": m["intermediate_size"], "q_width": m["heads"] * m["head_dim"]}
+    return _fallback_line("demo.model.heads", dims, kquant_types(cfg), f"heads x head_dim = {dims['q_width']}")
+
+
+# Variants that cannot run without a CUDA GPU (quantflow.hf_bench.unavailable_reason says why at run time).
+GPU_ONLY_VARIANTS = ("hf-gptq4",)
+
+
+def _gpu_errors(cfg: dict) -> list[str]:
+    """gpu_jobs: false declares a run without GPUs: a GPU-only variant could never be measured."""
+    if cfg["gpu_jobs"]:
+        return []
+    return [
+        f"config key hf_variants[{i}]: {v} needs a CUDA GPU but gpu_jobs is false (no GPU in this run); "
+        f"remove {v}, or set gpu_jobs: true and run where a GPU is visible"
+        for i, v in enumerate(cfg["hf_variants"])
+        if v in GPU_ONLY_VARIANTS
+    ]
+
+
+# Budgets below these cannot be meant in their unit: no model process runs in under 16 MiB (Python and
+# llama.cpp alone take more; a CUDA context takes hundreds), and no prompt is answered end to end in under 1 ms.
+# Values there are almost surely in GB / seconds.
+UNIT_FLOORS = {"ram_budget_mb": (16, "MiB", "GB", 1024), "vram_budget_mb": (16, "MiB", "GB", 1024),
+               "latency_target_ms": (1, "ms", "s", 1000)}  # fmt: skip
+
+
+def _budget_unit_errors(report: dict) -> list[str]:
+    errs = []
+    for k, (floor, unit, meant, factor) in UNIT_FLOORS.items():
+        v = report.get(k)
+        if isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < floor:
+            errs.append(
+                f"config key report.{k}: {v} {unit} is too small to be meant in {unit} (the unit of this key); "
+                f"for {v} {meant} write {v * factor:g}"
+            )
+    return errs
+
+
+_UNIT_VALUE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z%]+)\s*$")
+# unit (lower case) -> factor to the key's own unit, per key suffix
+_UNITS = {
+    "_mb": {"b": 1 / 2**20, "kb": 1 / 1024, "kib": 1 / 1024, "mb": 1, "mib": 1, "m": 1, "gb": 1024, "gib": 1024,
+            "g": 1024, "tb": 2**20, "tib": 2**20},
+    "_ms": {"us": 1e-3, "ms": 1, "s": 1000, "sec": 1000, "m": 60000, "min": 60000},
+}  # fmt: skip
+
+
+def unit_hint(key: str, value) -> str | None:
+    """For a number given with a unit ('4GB', '250 ms', '15%'), the message saying what to write instead."""
+    if not isinstance(value, str):
+        return None
+    m = _UNIT_VALUE.match(value)
+    if not m:
+        return None
+    num, unit = float(m.group(1)), m.group(2).lower()
+    if key == "min_accuracy" and unit == "%":
+        return f"{value!r} is text; min_accuracy is a fraction of the test questions: write {num / 100:g}"
+    for suffix, table in _UNITS.items():
+        if key.endswith(suffix) and unit in table:
+            own = "MiB" if suffix == "_mb" else "ms"
+            return f"{value!r} is text; {key} is a number in {own}: write {num * table[unit]:g}"
+    return None
 
 
 def _hub_dataset_errors(key: str, field: str, spec: str) -> list[str]:

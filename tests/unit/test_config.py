@@ -1,4 +1,6 @@
 import copy
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,28 +93,124 @@ def test_bad_tensor_override():
         normalise_quants([{"type": "Q4_K_M", "output_tensor_type": "Q9_9"}])
 
 
-def test_hub_dataset_offline_says_how_to_use_a_local_file(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    local = {k: "config.yaml" for k in ("sft_eval", "test", "heldout", "prompts")}
-    msg = broken(
-        lambda c: c["models"].append(
-            {
-                "name": "t",
-                "source": "local",
-                "path": str(tmp_path),
-                "data": {**local, "sft_train": "hub:nobody/no-such-set"},
-            }
-        )
-    )
+def _local_model(hf_dir, data: dict, **extra) -> dict:
+    return {"name": "t", "source": "local", "path": str(hf_dir), "data": {k: str(v) for k, v in data.items()}, **extra}
+
+
+def _data(tiny_data) -> dict:
+    return {k: tiny_data[k] for k in ("sft_train", "sft_eval", "test", "heldout", "prompts", "calibration")}
+
+
+def test_local_model_with_real_files_validates(tiny_hf, tiny_data):
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["models"].append(_local_model(tiny_hf, _data(tiny_data)))
+    validate(cfg)
+
+
+def test_hub_dataset_offline_says_how_to_use_a_local_file(tiny_hf, tiny_data):
+    data = {**_data(tiny_data), "sft_train": "hub:nobody/no-such-set"}
+    msg = broken(lambda c: c["models"].append(_local_model(tiny_hf, data)))
     assert "hub dataset 'nobody/no-such-set'" in msg and "give its path instead" in msg
 
 
-def test_hub_dataset_only_for_training_splits(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    local = {k: "config.yaml" for k in ("sft_train", "sft_eval", "heldout", "prompts")}
-    msg = broken(
-        lambda c: c["models"].append(
-            {"name": "t", "source": "local", "path": str(tmp_path), "data": {**local, "test": "hub:nobody/x"}}
-        )
-    )
+def test_hub_dataset_only_for_training_splits(tiny_hf, tiny_data):
+    data = {**_data(tiny_data), "test": "hub:nobody/x"}
+    msg = broken(lambda c: c["models"].append(_local_model(tiny_hf, data)))
     assert "sft_train / sft_eval only" in msg
+
+
+# --- semantic checks: GPU, model directory, K-quant widths, units, data files --------------------
+
+
+def test_gpu_only_variant_without_gpus():
+    msg = broken(lambda c: c.update(gpu_jobs=False, hf_variants=["hf-nf4", "hf-gptq4"]))
+    assert msg.startswith("config key hf_variants[1]: hf-gptq4 needs a CUDA GPU but gpu_jobs is false")
+    assert "remove hf-gptq4" in msg
+    cfg = copy.deepcopy(DEFAULT)
+    cfg.update(gpu_jobs=False, hf_variants=["hf-nf4"])
+    validate(cfg)
+
+
+def _hf_copy(tiny_hf, tmp_path, **cfg_changes):
+    d = tmp_path / "hf"
+    shutil.copytree(tiny_hf, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(cfg_changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def test_local_model_without_weights(tiny_hf, tiny_data, tmp_path):
+    d = _hf_copy(tiny_hf, tmp_path)
+    for w in d.glob("*.safetensors"):
+        w.unlink()
+    msg = broken(lambda c: c["models"].append(_local_model(d, _data(tiny_data))))
+    assert msg.startswith(f"config key models[1].path: {d}: no weights (*.safetensors or *.bin)")
+
+
+def test_local_model_without_tokenizer(tiny_hf, tiny_data, tmp_path):
+    d = _hf_copy(tiny_hf, tmp_path)
+    for t in ("tokenizer.json", "tokenizer.model"):
+        (d / t).unlink(missing_ok=True)
+    msg = broken(lambda c: c["models"].append(_local_model(d, _data(tiny_data))))
+    assert msg.startswith(f"config key models[1].path: {d}: no tokenizer")
+
+
+def test_kquant_on_widths_that_do_not_fit_names_the_tensors(tiny_hf, tiny_data, tmp_path):
+    d = _hf_copy(tiny_hf, tmp_path, hidden_size=896, intermediate_size=4864, num_attention_heads=14, head_dim=64)
+    msg = broken(lambda c: c["models"].append(_local_model(d, _data(tiny_data))))
+    assert msg.startswith("config key models[1].path:") and "Q4_K_M" in msg
+    for t in ("token_embd (896)", "blk.*.attn_q (896)", "blk.*.ffn_up (896)", "blk.*.attn_output (896)"):
+        assert t in msg
+    assert "ffn_down" not in msg  # 4864 = 19 x 256 fits
+    # non-K types only: the same model is fine
+    cfg = copy.deepcopy(DEFAULT)
+    cfg.update(quants=["Q8_0", "Q4_0"], imatrix={"types": []})
+    cfg["models"].append(_local_model(d, _data(tiny_data)))
+    validate(cfg)
+
+
+def test_demo_attention_width_not_multiple_of_256():
+    msg = broken(lambda c: c["demo"]["model"].update(heads=6, head_dim=64))
+    assert msg.startswith("config key demo.model.heads: heads x head_dim = 384") and "blk.*.attn_output (384)" in msg
+
+
+@pytest.mark.parametrize(
+    "key,value,expect",
+    [
+        ("ram_budget_mb", "4GB", "'4GB' is text; ram_budget_mb is a number in MiB: write 4096"),
+        ("ram_budget_mb", "512 MiB", "write 512"),
+        ("ram_budget_mb", 4, "4 MiB is too small to be meant in MiB (the unit of this key); for 4 GB write 4096"),
+        ("vram_budget_mb", 0.5, "for 0.5 GB write 512"),
+        ("latency_target_ms", "0.25s", "latency_target_ms is a number in ms: write 250"),
+        ("latency_target_ms", 0.25, "for 0.25 s write 250"),
+        ("min_accuracy", 15, "15 is above 1; min_accuracy is a fraction of the test questions (for 15 % write 0.15)"),
+        ("min_accuracy", "15%", "write 0.15"),
+    ],
+)
+def test_budget_in_the_wrong_unit(key, value, expect):
+    msg = broken(lambda c: c["report"].__setitem__(key, value))
+    assert msg.startswith(f"config key report.{key}: ") and expect in msg
+
+
+def test_budgets_in_their_units_pass():
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["report"].update(ram_budget_mb=64, vram_budget_mb=4096, latency_target_ms=250, min_accuracy=0.15)
+    validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "field,content,expect",
+    [
+        ("sft_train", '{"prompt": "Q", "answer": "A"}\n', "row 1 lacks field(s) completion"),
+        ("prompts", "", "has no items"),
+        ("test", '{"id": "a", "category": "x", "prompt": "Q"}\n', "item 0: missing answer, checker"),
+        ("heldout", "\n", "empty; the held-out and calibration texts need plain text"),
+    ],
+)
+def test_data_files_with_unusable_content(tiny_hf, tiny_data, tmp_path, field, content, expect):
+    bad = tmp_path / Path(tiny_data[field]).name
+    bad.write_text(content)
+    data = {**_data(tiny_data), field: bad}
+    msg = broken(lambda c: c["models"].append(_local_model(tiny_hf, data)))
+    assert msg.startswith(f"config key models[1].data.{field}: {bad}") and expect in msg
