@@ -59,10 +59,15 @@ def _run(cmd: list[str], expect: re.Pattern | None = None, timeout: int = 3600, 
 
 
 def llama_bench(llama_cpp_dir, gguf, threads: int, n_prompt: int, n_gen: int, reps: int) -> dict:
-    """pp and tg rates as llama-bench measures them (mean and stdev over `reps`, its own warm-up)."""
+    """pp and tg rates as llama-bench measures them (mean and stdev over `reps`, its own warm-up).
+
+    Measured like our own path, so the two figures compare like for like: pp from an empty context,
+    tg after an `n_prompt`-token prompt is in the KV cache (``-d``); llama-bench's default tg starts
+    from an empty cache, where attention is cheaper.
+    """
     out = subprocess.run(
         [str(tool(llama_cpp_dir, "llama-bench")), "-m", str(gguf), "-t", str(threads), "-p", str(n_prompt),
-         "-n", str(n_gen), "-r", str(reps), "-o", "json"],
+         "-n", str(n_gen), "-d", f"0,{n_prompt}", "-r", str(reps), "-o", "json"],
         capture_output=True, text=True, timeout=1800, check=False,
     )  # fmt: skip
     if out.returncode != 0:
@@ -70,9 +75,14 @@ def llama_bench(llama_cpp_dir, gguf, threads: int, n_prompt: int, n_gen: int, re
     res = {}
     for rec in json.loads(out.stdout):
         key = "pp" if rec["n_prompt"] and not rec["n_gen"] else "tg"
+        if rec.get("n_depth", 0) != (n_prompt if key == "tg" else 0):
+            continue  # llama-bench crosses -d with both tests: keep pp at depth 0 and tg at the prompt's depth
         res[f"{key}_tps"] = float(rec["avg_ts"])
         res[f"{key}_sd"] = float(rec["stddev_ts"])
         res[f"{key}_tokens"] = int(rec["n_prompt"] or rec["n_gen"])
+        res[f"{key}_depth"] = int(rec.get("n_depth", 0))
+    if "pp_tps" not in res or "tg_tps" not in res:
+        raise RuntimeError(f"llama-bench reported no pp/tg pair at depths 0/{n_prompt}: {out.stdout[:300]}")
     res["reps"] = reps
     res["threads"] = threads
     return res

@@ -42,3 +42,5 @@ def test_llama_bench_reports_pp_and_tg(q4):
 
     r = llama_bench(LLAMA_CPP_DIR, q4, threads=2, n_prompt=16, n_gen=8, reps=2)
     assert r["pp_tps"] > 0 and r["tg_tps"] > 0 and r["pp_tokens"] == 16 and r["tg_tokens"] == 8
+    # like our own decode: tg after the prompt is in the cache, pp from an empty one
+    assert r["tg_depth"] == 16 and r["pp_depth"] == 0
