@@ -56,14 +56,22 @@ def unavailable_reason(variant: str) -> str | None:
     if variant in ("hf-bnb8", "hf-nf4") and importlib.util.find_spec("bitsandbytes") is None:
         return "bitsandbytes is not installed"
     if variant == "hf-gptq4":
-        try:
-            import gptqmodel  # noqa: F401
-        except Exception:  # an ImportError, or a CUDA extension that fails to load
-            return GPTQ_NOT_INSTALLED
-        import torch
+        # GPTQModel runs on the CPU too (its torch kernels); no GPU is needed (see quantflow.gptq).
+        import contextlib
 
-        if not torch.cuda.is_available():
-            return GPTQ_NO_GPU
+        try:
+            # It prints a banner to stdout, which carries the isolated speed run's JSON result.
+            with contextlib.redirect_stdout(sys.stderr):
+                import gptqmodel  # noqa: F401
+        except Exception:  # an ImportError, or a kernel extension that fails to load
+            return GPTQ_NOT_INSTALLED
+        try:
+            import optimum.gptq  # noqa: F401
+        except Exception:
+            return (
+                "optimum is not installed: transformers loads GPTQ checkpoints through it "
+                "(part of the gptq extra: pip install optimum==2.3.0)"
+            )
     return None
 
 
@@ -95,20 +103,22 @@ def _quant_config(variant: str):
 def load_hf(hf_dir: str | Path, variant: str, threads: int):
     """(model, tokenizer) for ``variant``, in eval mode, on CUDA when visible else on CPU.
 
-    bitsandbytes variants are quantized here, at load, from the unquantized checkpoint in ``hf_dir``.
+    bitsandbytes variants are quantized here, at load, from the unquantized checkpoint in ``hf_dir``;
+    hf-gptq4 loads the GPTQ checkpoint in ``hf_dir`` (calibrated beforehand by the gptq rule).
     """
     reason = unavailable_reason(variant)
     if reason is not None:
         raise RuntimeError(f"{variant} cannot run here: {reason}")
-    if variant == "hf-gptq4":
-        raise NotImplementedError("hf-gptq4: GPTQ quantization is not implemented, only its availability check")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(threads)
     device = _device()
-    qcfg = _quant_config(variant)
-    if qcfg is None:
+    if variant == "hf-gptq4":
+        from .gptq import load_quantized
+
+        model = load_quantized(hf_dir, device)  # the 4-bit checkpoint the gptq rule made (refuses anything else)
+    elif (qcfg := _quant_config(variant)) is None:
         model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device)
     else:
         # On CPU, LLM.int8 logs one warning per matmul call (fp32 inputs cast to fp16): thousands of lines.

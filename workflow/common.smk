@@ -5,6 +5,7 @@ from pathlib import Path
 
 from quantflow import provenance
 from quantflow.config import ConfigError, IMAT_SUFFIX, load_and_validate, quant_variants
+from quantflow.gptq import installed as gptq_installed
 
 try:
     config.update(
@@ -78,6 +79,7 @@ def get_hf(wildcards):
 
 def get_data(key):
     """A data file as a job input; a hub dataset ('hub:org/name') is no file: see data_spec."""
+
     def _input(wildcards):
         f = data_file(wildcards.model, key)
         return [] if f.startswith("hub:") else f
@@ -90,7 +92,14 @@ def data_spec(key):
 
 
 def get_variant_model(wildcards):
-    """The file (GGUF) or directory (HF model) a variant is measured from."""
+    """The file (GGUF) or directory (HF model) a variant is measured from.
+
+    hf-gptq4 is measured from its GPTQ checkpoint (rule gptq), planned only where GPTQModel and optimum
+    are installed (looked up, not imported, when the DAG is built); elsewhere the bench gets the merged
+    model and reports the variant as not run, with why.
+    """
+    if wildcards.variant == "hf-gptq4" and gptq_installed():
+        return rules.gptq.output.ckpt
     if wildcards.variant.startswith("hf-"):
         return get_hf(wildcards)
     quant = wildcards.variant.removeprefix("gguf-")

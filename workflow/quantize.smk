@@ -1,4 +1,5 @@
 # One llama.cpp quantization type per job, always from the f16 (never requantized).
+from quantflow.gptq import settings_of as gptq_settings
 
 
 rule imatrix:
@@ -47,3 +48,30 @@ rule quantize:
         code=code_hash("quantize", "config", "llama_tools"),
     script:
         "../scripts/quantize.py"
+
+
+# GPTQ 4-bit (variant hf-gptq4) from the merged HF model, calibrated on the calibration split (never the
+# evaluation text). GPTQModel runs on CUDA when visible, else on the CPU.
+rule gptq:
+    input:
+        hf=get_hf,
+        calibration=get_data("calibration"),
+    output:
+        ckpt=directory("results/{model}/{ft}/hf-gptq4"),
+    log:
+        "results/{model}/{ft}/logs/gptq.log",
+    benchmark:
+        "results/{model}/{ft}/benchmarks/gptq.tsv"
+    conda:
+        "../envs/quantflow.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        # Prefers a GPU; quantizes on the CPU where none is visible.
+        gpu=1 if config["gpu_jobs"] else 0,
+    params:
+        settings=gptq_settings(config.get("gptq")),
+        code=code_hash("gptq", "atomic", "inputs"),
+    script:
+        "../scripts/gptq.py"
