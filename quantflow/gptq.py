@@ -100,6 +100,25 @@ def _cpu_workers() -> None:
         os.environ["GPTQMODEL_CPU_WORKERS"] = "2"
 
 
+@contextlib.contextmanager
+def _stats_dir():
+    """GPTQModel writes per-module stats to ./logs/gptq_log_*.log (a path relative to the working
+    directory, fixed in gptqmodel.looper.loop_processor): kept in a temporary folder instead, since the
+    checkpoint's quant_log.csv holds the same figures."""
+    import tempfile
+
+    from gptqmodel.looper import loop_processor
+
+    before = getattr(loop_processor, "_PROJECT_LOG_DIR", None)
+    with tempfile.TemporaryDirectory(prefix="gptq-stats-") as d:
+        loop_processor._PROJECT_LOG_DIR = Path(d)
+        try:
+            yield
+        finally:
+            if before is not None:
+                loop_processor._PROJECT_LOG_DIR = before
+
+
 def _copy_tokenizer(src: Path, dst: Path) -> None:
     for name in (*TOKENIZER_FILES, *_TOKENIZER_EXTRA):
         if (src / name).is_file():
@@ -131,7 +150,8 @@ def quantize(
     model = GPTQModel.load(str(src), qcfg, device=device, dtype=torch.float32)
     log.info("GPTQ %d-bit, group %d, desc_act %s on %s: %d calibration samples", BITS, s["group_size"],
              s["desc_act"], device, len(calibration))  # fmt: skip
-    model.quantize(calibration, batch_size=1)
+    with _stats_dir():
+        model.quantize(calibration, batch_size=1)
     with atomic_path(out, directory=True) as tmp:
         model.save(str(tmp))
         _copy_tokenizer(src, tmp)
