@@ -33,6 +33,7 @@ DEPS_HASH := $(shell cat pyproject.toml constraints.txt | { sha256sum 2>/dev/nul
 INSTALL_STAMP := $(VENV)/.installed-$(DEPS_HASH)
 TORCH_PIN := $(shell grep -E '^torch==' constraints.txt)
 PIP_PIN := $(shell grep -E '^pip==' constraints.txt)
+GPTQ_PIN := $(shell grep -E '^gptqmodel==' constraints.txt)
 LLAMA_CPP_PY_VERSION := $(shell sed -n 's/^[[:space:]]*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)
 # Builds of llama.cpp's tools are kept per machine outside the repo, so a fresh clone reuses them.
 BUILD_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/quantflow/llama.cpp-build
@@ -71,6 +72,7 @@ $(PY):
 # first time on a machine, cached after); then the project, taking that wheel through --find-links.
 $(INSTALL_STAMP): | $(PY)
 	@test -n '$(TORCH_PIN)' || { echo 'constraints.txt pins no torch==' >&2; exit 1; }
+	@test -n '$(GPTQ_PIN)' || { echo 'constraints.txt pins no gptqmodel==' >&2; exit 1; }
 	@test -n '$(LLAMA_CPP_PY_VERSION)' || { echo 'pyproject.toml pins no llama-cpp-python==' >&2; exit 1; }
 	@rm -f $(VENV)/.installed-*
 	@$(LOGGED) "upgrading pip ($(PIP_PIN))" $(PIP) install --upgrade -c constraints.txt pip
@@ -81,7 +83,9 @@ $(INSTALL_STAMP): | $(PY)
 	@$(PY) scripts/build_llama_tools.py --version '$(LLAMA_CPP_PY_VERSION)' --dest $(VENV)/llama.cpp/bin \
 	  --cache '$(SDIST_CACHE)' --build-cache '$(BUILD_CACHE)' --print-wheel-dir > $(VENV)/.llama-wheel-dir
 	@$(LOGGED) "installing quantflow and its pinned dependencies" \
-	  $(PIP) install -c constraints.txt --find-links "$$(cat $(VENV)/.llama-wheel-dir)" -e '.[test]'
+	  $(PIP) install -c constraints.txt --find-links "$$(cat $(VENV)/.llama-wheel-dir)" -e '.[test,gptq]'
+	@# --no-deps: gptqmodel's metadata pins numpy==2.2.6; its real dependencies come with the gptq extra above.
+	@$(LOGGED) "installing $(GPTQ_PIN) (pure Python, CPU or GPU)" $(PIP) install --no-deps -c constraints.txt '$(GPTQ_PIN)'
 	@$(PY) -W ignore -c 'import sys, torch; sys.exit(torch.version.cuda is not None and not torch.cuda.is_available())' \
 	  || { echo "A CUDA build of torch is installed on a machine without a GPU: torch $$($(PY) -c 'import torch; print(torch.__version__)')" >&2; exit 1; }
 	@touch $@

@@ -45,9 +45,10 @@ def files_hash(paths: list[str | Path]) -> str:
     """Hash of source files: a params value that makes Snakemake rerun a job when its library code changes
     (Snakemake tracks a job's script, not the modules the script imports)."""
     h = hashlib.sha256()
-    for p in sorted(str(x) for x in paths):
-        h.update(p.encode())
-        h.update(Path(p).read_bytes())
+    # file names, not paths: a moved or freshly cloned checkout must not rerun anything
+    for p in sorted(Path(x) for x in paths):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
 

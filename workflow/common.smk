@@ -48,8 +48,12 @@ wildcard_constraints:
 
 
 def code_hash(*modules):
-    """Hash of the library modules a rule's script imports: a params value, so editing them reruns the rule."""
-    pkg = Path(provenance.__file__).parent
+    """Hash of the library modules a rule's script imports: a params value, so editing them reruns the rule.
+
+    Snakemake tracks a rule's script but not what it imports. The modules hashed are the ones shipped
+    beside this Snakefile (`make venv` installs that same folder, editable).
+    """
+    pkg = Path(workflow.basedir) / "quantflow"
     return provenance.files_hash([pkg / f"{m}.py" for m in modules])
 
 

@@ -61,7 +61,7 @@ def deps(pyproject) -> dict[str, tuple[str, str]]:
 def test_dependencies_are_exact_pins(pyproject, deps):
     loose = {n: op + v for n, (op, v) in deps.items() if op != "=="}
     assert not loose, f"pyproject.toml dependencies must be pinned with ==: {loose}"
-    for extra in ("test", "slurm"):
+    for extra in ("test", "slurm", "gptq"):
         pins = _pins(pyproject["project"]["optional-dependencies"][extra])
         loose = {n: op + v for n, (op, v) in pins.items() if op != "=="}
         assert not loose, f"extra {extra!r} must be pinned with ==: {loose}"
