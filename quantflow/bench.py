@@ -20,6 +20,7 @@ import numpy as np
 
 from . import stats
 from .tasks import check, first_line
+from .telemetry import GpuSampler
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,19 @@ def measure_speed(path: str | Path, cfg: dict, threads: int, prompt: list[int], 
     """Load time, prompt/decode rates, TTFT and latency over the prompt suite; then memory.
 
     Decode repetitions continue past cfg["repetitions"] until the 95 % CI of the median decode
-    rate is within +-cfg["target_ci"] or cfg["max_repetitions"] is reached.
+    rate is within +-cfg["target_ci"] or cfg["max_repetitions"] is reached. GPU telemetry (peak VRAM,
+    utilisation; None without a GPU) is sampled in a background thread throughout.
     """
     baseline = rss_mb()
+    with GpuSampler() as gpu:
+        speed, memory = _measure_speed(path, cfg, threads, prompt, suite)
+    memory.update(gpu.summary(), baseline_rss_mb=baseline, model_rss_mb=memory["peak_rss_mb"] - baseline)
+    return speed, memory
+
+
+def _measure_speed(
+    path: str | Path, cfg: dict, threads: int, prompt: list[int], suite: list[dict]
+) -> tuple[dict, dict]:
     warm, reps = cfg["warmup"], cfg["repetitions"]
     load_s, llm = [], None
     Path(path).read_bytes()  # page cache warm: load time measures llama.cpp, not the disk
@@ -162,7 +173,7 @@ def measure_speed(path: str | Path, cfg: dict, threads: int, prompt: list[int], 
     peak = peak_rss_mb()
     llm.close()
     speed, memory = speed_summary(cfg, threads, min(cfg["prompt_tokens"], len(prompt)), load_s, pp, tg, ttft, lat)
-    memory.update(peak_rss_mb=peak, baseline_rss_mb=baseline, model_rss_mb=peak - baseline)
+    memory["peak_rss_mb"] = peak
     log.info(
         "decode %.1f tok/s (CV %.1f %%, %d runs), prompt %.1f tok/s, peak RSS %.1f MB",
         speed["decode_tps"]["median"],

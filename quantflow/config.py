@@ -157,6 +157,10 @@ def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
                 )
             else:
                 errs.extend(_hub_errors(i, m["hf"]))
+        if m.get("suite"):
+            from .suites import config_errors
+
+            errs.extend(config_errors(f"models[{i}].suite", m["suite"], base_dir))
         if m["source"] != "demo":
             if "data" not in m:
                 errs.append(

@@ -29,6 +29,7 @@ from . import stats
 from .bench import load_reference, peak_rss_mb, rss_mb, run_isolated, speed_summary
 from .bench import quality_of as bench_quality_of
 from .tasks import check, first_line
+from .telemetry import GpuSampler
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,8 @@ def measure_speed(
 
     Same protocol and keys as :func:`quantflow.bench.measure_speed`. The baseline RSS is taken after
     torch/transformers (and bitsandbytes) are imported, so model_rss_mb is the model and its
-    inference buffers, not the framework; peak_rss_mb includes everything.
+    inference buffers, not the framework; peak_rss_mb includes everything. Peak VRAM and GPU
+    utilisation are sampled through NVML throughout (None without a GPU).
     """
     import torch  # noqa: F401
     import transformers  # noqa: F401
@@ -246,6 +248,15 @@ def measure_speed(
     if QUANT[variant] in ("INT8", "NF4"):
         import bitsandbytes  # noqa: F401
     baseline = rss_mb()
+    with GpuSampler() as gpu:
+        speed, memory = _measure_speed(hf_dir, variant, cfg, threads, prompt_ids, suite)
+    memory.update(gpu.summary(), baseline_rss_mb=baseline, model_rss_mb=memory["peak_rss_mb"] - baseline)
+    return speed, memory
+
+
+def _measure_speed(
+    hf_dir: str | Path, variant: str, cfg: dict, threads: int, prompt_ids: list[int], suite: list[dict]
+) -> tuple[dict, dict]:
     warm, reps = cfg["warmup"], cfg["repetitions"]
     for f in sorted(Path(hf_dir).glob("*.safetensors")):
         f.read_bytes()  # page cache warm: load time measures loading (and quantizing), not the disk
@@ -280,7 +291,7 @@ def measure_speed(
     del model, tok
     _free_memory()
     speed, memory = speed_summary(cfg, threads, len(prompt), load_s, pp, tg, ttft, lat)
-    memory.update(peak_rss_mb=peak, baseline_rss_mb=baseline, model_rss_mb=peak - baseline)
+    memory["peak_rss_mb"] = peak
     log.info(
         "%s: decode %.1f tok/s (CV %.1f %%, %d runs), prompt %.1f tok/s, peak RSS %.1f MB",
         variant,

@@ -42,6 +42,8 @@ from markupsafe import Markup
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from . import stats
+
 log = logging.getLogger(__name__)
 
 REFERENCE_VARIANT = "gguf-f16"
@@ -61,15 +63,15 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "decode_tps", "decode_tps_p10", "decode_tps_p90", "decode_cv",
     "prompt_tps", "prompt_tps_cv", "ttft_ms", "latency_s", "load_s",
     "engine_tg_tps", "engine_pp_tps", "python_vs_engine_tg",
-    "peak_rss_mb", "model_rss_mb", "peak_vram_mb",
+    "peak_rss_mb", "model_rss_mb", "peak_vram_mb", "gpu_util_mean_pct",
     "ppl", "kl_mean", "kl_median", "kl_p99", "kl_p999", "kl_max", "top1_agreement",
     "dp_mean", "dp_rms",
-    "accuracy", "n_test", "threads",
-    "speedup_vs_f16", "accuracy_gain_vs_base", "flips_lost", "flips_gained",
+    "accuracy", "n_test", "similarity_mean", "similarity_min", "threads",
+    "speedup_vs_f16", "accuracy_gain_vs_base", "retention", "flips_lost", "flips_gained",
 )  # fmt: skip
 
 #: Columns :func:`results_table` derives across results rather than reading from one.
-_DERIVED_COLUMNS = ("speedup_vs_f16", "accuracy_gain_vs_base", "flips_lost", "flips_gained")
+_DERIVED_COLUMNS = ("speedup_vs_f16", "accuracy_gain_vs_base", "retention", "flips_lost", "flips_gained")
 
 # Shown in both the Markdown and the HTML so the two never disagree.
 GLOSSARY: tuple[dict[str, str], ...] = (
@@ -95,6 +97,12 @@ GLOSSARY: tuple[dict[str, str], ...] = (
      "how": "Time to first generated token, median over repetitions."},
     {"metric": "Peak RSS MB", "better": "lower",
      "how": "Peak resident memory of the bench process after loading and the speed runs."},
+    {"metric": "Peak VRAM MB", "better": "lower",
+     "how": "Peak GPU memory during loading and the speed runs, sampled through NVML in a background "
+            "thread (the process's own usage where NVML lists it, else the device's above its starting "
+            "level); n/a where no GPU or driver is visible. What vram_budget_mb limits."},
+    {"metric": "GPU util %", "better": "higher",
+     "how": "Mean GPU utilisation (NVML) over the same samples; n/a without a GPU."},
     {"metric": "PPL", "better": "lower",
      "how": "Perplexity on the held-out evaluation text."},
     {"metric": "KL mean / p99", "better": "lower",
@@ -108,6 +116,17 @@ GLOSSARY: tuple[dict[str, str], ...] = (
     {"metric": "Δ acc vs base", "better": "higher",
      "how": "Accuracy minus the base model's accuracy for the same variant, in "
             "percentage points: what the fine-tune bought."},
+    {"metric": "Retention %", "better": "higher",
+     "how": "Share of the fine-tune's accuracy gain the variant keeps: (accuracy of the variant − "
+            "accuracy of the base f16) / (accuracy of the fine-tune's f16 − accuracy of the base f16). "
+            "100 % keeps all of it, 0 % none, below 0 the variant is worse than the un-tuned base. "
+            "n/a for the base model and where the fine-tune gained nothing (gain ≤ 0)."},
+    {"metric": "Similarity mean / min", "better": "higher",
+     "how": "Cosine similarity of all-MiniLM-L6-v2 sentence embeddings between each of the variant's "
+            "answers and the f16 reference's answer to the same prompt (same model / fine-tune; HF "
+            "variants too): mean and lowest over the prompts, 1.00 for an identical answer. Catches "
+            "answers that change wording or meaning while right / wrong stays the same; each answer's "
+            "own value is in the side-by-side table."},
     {"metric": "Latency ms", "better": "lower",
      "how": "End-to-end time to answer one prompt of the prompt suite (load excluded), median "
             "over the prompts; this is what latency_target_ms limits."},
@@ -194,6 +213,7 @@ def results_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     df = _drop_duplicate_keys(df)
     df = _add_speedup(df)
     df = _add_accuracy_gain(df)
+    df = _add_retention(df)
     df = _add_flips(df, results)
     for col in ("n_test", "threads", "flips_lost", "flips_gained"):
         # Nullable ints keep "8" rather than "8.0" in the CSV while still allowing missing values.
@@ -232,8 +252,9 @@ def _result_row(res: Mapping[str, Any]) -> dict[str, Any]:
         "python_vs_engine_tg": _num(engine.get("python_vs_engine_tg")),
         "peak_rss_mb": _num(mem.get("peak_rss_mb")),
         "model_rss_mb": _num(mem.get("model_rss_mb")),
-        # Not in result schema v1; read if a GPU bench ever records it, so vram_budget_mb applies.
-        "peak_vram_mb": _num(mem.get("peak_vram_mb")),
+        # NVML's peak where a GPU is visible (telemetry.GpuSampler), so vram_budget_mb applies there.
+        "peak_vram_mb": _num(mem.get("peak_vram_mb")),  # null without a GPU: NaN, shown as n/a
+        "gpu_util_mean_pct": _num(mem.get("gpu_util_mean_pct")),
         "ppl": _num(qual.get("ppl")),
         "kl_mean": _num(qual.get("kl_mean")),
         "kl_median": _num(qual.get("kl_median")),
@@ -246,6 +267,8 @@ def _result_row(res: Mapping[str, Any]) -> dict[str, Any]:
         "dp_rms": _num(qual.get("dp_rms")),
         "accuracy": _num(qual.get("accuracy")),
         "n_test": _num(qual.get("n_test")),
+        "similarity_mean": _num(qual.get("similarity_mean")),
+        "similarity_min": _num(qual.get("similarity_min")),
         "threads": _num(speed.get("threads")),
     }
 
@@ -297,6 +320,28 @@ def _add_accuracy_gain(df: pd.DataFrame) -> pd.DataFrame:
     out = df.merge(base, on=["model", "variant"], how="left", validate="many_to_one")
     out["accuracy_gain_vs_base"] = out["accuracy"] - out["_base_acc"]
     return out.drop(columns="_base_acc")
+
+
+def _add_retention(df: pd.DataFrame) -> pd.DataFrame:
+    """stats.retention per row against the f16 accuracies of the base and of the row's fine-tune."""
+    f16 = df.loc[(df["variant"] == REFERENCE_VARIANT) & (df["status"] == "ok")]
+    acc = {(m, ft): a for m, ft, a in zip(f16["model"], f16["ft"], f16["accuracy"], strict=True)}
+    out = df.copy()
+    out["retention"] = [
+        math.nan
+        if ft == BASE_FT
+        else _nan_if_none(stats.retention(_none_if_nan(a), acc.get((m, BASE_FT)), acc.get((m, ft))))
+        for m, ft, a in zip(df["model"], df["ft"], df["accuracy"], strict=True)
+    ]
+    return out
+
+
+def _none_if_nan(value: Any) -> float | None:
+    return None if _is_missing(value) else float(value)
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def _add_flips(df: pd.DataFrame, results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -721,6 +766,10 @@ def _answers_by_key(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str
     return out
 
 
+def _is_number(value: Any) -> bool:
+    return not math.isnan(_num(value))
+
+
 def _flip(ref_correct: bool | None, correct: bool) -> str | None:
     if ref_correct is None or ref_correct == correct:
         return None
@@ -788,6 +837,8 @@ def answers_side_by_side(results: Sequence[Mapping[str, Any]], df: pd.DataFrame)
                         "answer": a["answer"],
                         "correct": bool(a["correct"]),
                         "flip": _flip(ref_correct, bool(a["correct"])),
+                        # to the f16 reference's answer; absent in results written before it existed
+                        **({"similarity": float(a["similarity"])} if _is_number(a.get("similarity")) else {}),
                     }
                 )
             rows.append(
@@ -1022,6 +1073,8 @@ def _answers_view(group: Mapping[str, Any]) -> dict[str, Any]:
         if cell is None:
             return MISSING
         text = f"{_answer_text(cell['answer'])} {ANSWER_MARK[cell['correct']]}"
+        if "similarity" in cell:
+            text += f" (sim {cell['similarity']:.2f})"
         return f"{text} {FLIP_MARK}" if cell["flip"] else text
 
     headers = ["#", "Prompt", "Expected", "f16 (reference)", *(_short_variant(v) for v in group["variants"])]
@@ -1083,14 +1136,16 @@ def _recommendation_groups(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 MAIN_HEADERS: tuple[str, ...] = (
     "Variant", "Size MB", "BPW", "Decode tok/s median [p10–p90]", "vs f16", "CV %",
     "llama-bench tg", "ours / engine",
-    "Prompt tok/s", "TTFT ms", "Latency ms", "Peak RSS MB", "PPL", "KL mean", "KL p99", "Top-1 %",
-    "Accuracy %", "Δ acc vs base (pp)", "Flips lost / gained",
+    "Prompt tok/s", "TTFT ms", "Latency ms", "Peak RSS MB", "Peak VRAM MB", "GPU util %",
+    "PPL", "KL mean", "KL p99", "Top-1 %",
+    "Accuracy %", "Δ acc vs base (pp)", "Retention %", "Similarity mean / min", "Flips lost / gained",
 )  # fmt: skip
 
 #: Main-table header -> the constraint key its value is checked against.
 _HEADER_CONSTRAINT = {
     "Latency ms": "latency_target_ms",
     "Peak RSS MB": "ram_budget_mb",
+    "Peak VRAM MB": "vram_budget_mb",
     "KL mean": "quality_floor_kl",
     "Accuracy %": "min_accuracy",
 }
@@ -1129,6 +1184,9 @@ def _main_row(r: Mapping[str, Any], recommended: bool) -> list[str]:
     flips = MISSING
     if not (_is_missing(r["flips_lost"]) or _is_missing(r["flips_gained"])):
         flips = f"{int(r['flips_lost'])} / {int(r['flips_gained'])}"
+    similarity = MISSING
+    if not _is_missing(r["similarity_mean"]):
+        similarity = f"{r['similarity_mean']:.3f} / {_fmt(r['similarity_min'], '.3f')}"
     return [
         r["variant"] + (" ★" if recommended else ""),
         _fmt(r["size_mb"], ".1f"),
@@ -1142,14 +1200,23 @@ def _main_row(r: Mapping[str, Any], recommended: bool) -> list[str]:
         _fmt(r["ttft_ms"], ".0f"),
         _fmt(r["latency_s"], ".1f", scale=1000),
         _fmt(r["peak_rss_mb"], ".0f"),
+        _na(r["peak_vram_mb"], ".0f"),
+        _na(r["gpu_util_mean_pct"], ".0f"),
         _fmt(r["ppl"], ".3f"),
         _fmt(r["kl_mean"], ".3g"),
         _fmt(r["kl_p99"], ".3g"),
         _fmt(r["top1_agreement"], ".1f", scale=100),
         _fmt(r["accuracy"], ".1f", scale=100),
         _fmt(r["accuracy_gain_vs_base"], "+.1f", scale=100),
+        _na(r["retention"], ".0f", scale=100),
+        similarity,
         flips,
     ]
+
+
+def _na(value: Any, spec: str, *, scale: float = 1.0) -> str:
+    """Like _fmt, but a missing value reads "n/a": not measurable here (no GPU, no fine-tune gain)."""
+    return "n/a" if _is_missing(value) else _fmt(value, spec, scale=scale)
 
 
 # key, header, formatter; a column appears only if at least one fine-tune reported it.

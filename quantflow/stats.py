@@ -112,3 +112,20 @@ def converged(values, rel_halfwidth: float, conf: float = 0.95) -> bool:
     lo, hi = median_ci(values, conf)
     med = float(np.median(values))
     return med > 0 and (med - lo) <= rel_halfwidth * med and (hi - med) <= rel_halfwidth * med
+
+
+def retention(acc_variant: float | None, acc_base: float | None, acc_ft: float | None) -> float | None:
+    """Share of the fine-tune's accuracy gain a variant keeps: (variant - base) / (fine-tune - base).
+
+    ``acc_base`` and ``acc_ft`` are the f16 accuracies of the base model and of the fine-tune, ``acc_variant``
+    that of a (quantized) variant of the fine-tune. None ("n/a") when an accuracy is missing or the
+    fine-tune gained nothing (gain <= 0: there is no gain to keep). 1 keeps all of it, 0 none; below 0
+    the variant is worse than the un-tuned base, above 1 better than its own f16.
+    """
+    vals = (acc_variant, acc_base, acc_ft)
+    if any(v is None or isinstance(v, bool) or not math.isfinite(v) for v in vals):
+        return None
+    gain = acc_ft - acc_base
+    if gain <= 0:
+        return None
+    return (acc_variant - acc_base) / gain

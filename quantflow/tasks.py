@@ -1,10 +1,16 @@
-"""Answer checkers for the verifiable task set: exact string and numeric."""
+"""Answer checkers for the verifiable task set: exact string, numeric, substring and regular expression.
+
+Every checker reads the first line of the answer only (greedy decoding stops at the first newline).
+``contains`` and ``regex`` check form, not correctness in general (e.g. that a code answer defines the
+asked-for function, not that the function works): suites say so per item.
+"""
 
 from __future__ import annotations
 
 import re
 
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
+CHECKERS = ("exact", "numeric", "contains", "regex")
 
 
 def first_line(answer: str) -> str:
@@ -25,4 +31,6 @@ def check(answer: str, expected: str, checker: str) -> bool:
         return m is not None and float(m.group()) == float(expected)
     if checker == "contains":
         return expected.strip().lower() in first_line(answer).lower()
-    raise ValueError(f"unknown checker {checker!r}: expected one of exact, numeric, contains")
+    if checker == "regex":  # re.search on the first line; (?i) in the pattern makes it case-blind
+        return re.search(expected, first_line(answer)) is not None
+    raise ValueError(f"unknown checker {checker!r}: expected one of {', '.join(CHECKERS)}")

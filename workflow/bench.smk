@@ -1,12 +1,15 @@
-# Quality reference (f16 top-k log-probs) and one benchmark job per variant, each running alone.
+# Quality reference (f16 top-k log-probs and greedy answers) and one benchmark job per variant, each running alone.
+from quantflow import suites
 
 
 rule reference:
     input:
         gguf=rules.convert.output.gguf,
         heldout=get_data("heldout"),
+        test=lambda w: suites.input_path(MODELS[w.model], get_data("test")(w)),
     output:
         npz="results/{model}/{ft}/reference.npz",
+        answers="results/{model}/{ft}/reference_answers.json",
     log:
         "results/{model}/{ft}/logs/reference.log",
     conda:
@@ -17,7 +20,7 @@ rule reference:
         runtime=30,
     params:
         bench={k: v for k, v in config["bench"].items() if k != "hf"},
-        code=code_hash("bench", "stats"),
+        code=code_hash("bench", "stats", "tasks", "suites", "similarity", "telemetry"),
     script:
         "../scripts/reference.py"
 
@@ -26,8 +29,9 @@ rule bench:
     input:
         model=get_variant_model,
         reference=rules.reference.output.npz,
-        test=get_data("test"),
-        prompts=get_data("prompts"),
+        ref_answers=rules.reference.output.answers,
+        test=lambda w: suites.input_path(MODELS[w.model], get_data("test")(w)),
+        prompts=lambda w: suites.input_path(MODELS[w.model], get_data("prompts")(w)),
     output:
         json="results/{model}/{ft}/bench/{variant}.json",
     log:
@@ -54,6 +58,9 @@ rule bench:
             "results",
             "provenance",
             "llama_tools",
+            "suites",
+            "similarity",
+            "telemetry",
         ),
     script:
         "../scripts/bench.py"

@@ -44,7 +44,7 @@ rule report:
     params:
         report=config["report"],
         llama_cpp_dir=LLAMA_CPP_DIR,
-        code=code_hash("report", "results", "provenance"),
+        code=code_hash("report", "results", "provenance", "stats"),
         # The report's templates are code too: editing one re-renders the report.
         templates=provenance.files_hash(
             [

@@ -854,3 +854,75 @@ def test_training_table_shows_every_training_metric(tmp_path: Path) -> None:
     for header, value in [("Model in memory MB", "58.5"), ("Train samples/s", "80.50"),
                           ("Eval samples/s", "210.25"), ("Peak RSS MB", "1018"), ("Device", "cpu")]:  # fmt: skip
         assert header in section and value in section, header
+
+
+# ------------------------------------------------- retention, similarity, GPU telemetry (issue #6/#7)
+
+
+def test_retention_in_results_table() -> None:
+    df = report.results_table(all_results())
+    # base f16 0.50, lora f16 0.70: a 20-point gain; lora Q4_K_M (0.66) keeps 16 of it.
+    assert _row(df, "lora", "gguf-Q4_K_M")["retention"] == pytest.approx(0.80)
+    assert _row(df, "lora", "gguf-Q3_K_M")["retention"] == pytest.approx(0.25)
+    assert _row(df, "lora", "gguf-f16")["retention"] == pytest.approx(1.0)
+    assert df.loc[df["ft"] == "base", "retention"].isna().all()  # the base model: n/a
+
+
+def test_retention_na_when_the_fine_tune_gained_nothing(tmp_path: Path) -> None:
+    results = all_results()
+    for r in results:
+        if r["ft"] == "lora" and r["status"] == "ok":
+            r["quality"]["accuracy"] = 0.40  # below the base f16's 0.50
+    df = report.results_table(results)
+    assert df["retention"].isna().all()
+    report.render(results, [], RUN, tmp_path, quality_floor_kl=0.05)
+    md = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    lora_q4 = next(line for line in md.splitlines() if line.startswith("| gguf-Q4_K_M") and "| -5.0 |" in line)
+    assert "| n/a |" in lora_q4
+
+
+def _with_similarity(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for r in results:
+        if r.get("answers"):
+            sims = [1.0 if a["correct"] else 0.25 for a in r["answers"]]
+            for a, s in zip(r["answers"], sims, strict=True):
+                a["similarity"] = s
+            r["quality"].update(similarity_mean=sum(sims) / len(sims), similarity_min=min(sims))
+    return results
+
+
+def test_similarity_and_telemetry_flow_to_every_output(tmp_path: Path) -> None:
+    results = _with_similarity(answer_results())
+    for r in results:
+        r["memory"].update(peak_vram_mb=None, gpu_util_mean_pct=None, gpu_util_max_pct=None, vram_scope=None)
+    results[1]["memory"].update(peak_vram_mb=512.0, gpu_util_mean_pct=42.0, vram_scope="process")
+    paths = report.render(results, [], RUN, tmp_path, quality_floor_kl=0.05, budgets={"vram_budget_mb": 400})
+    df = report.results_table(results)
+    q4 = _row(df, "base", "gguf-Q4_K_M")
+    assert (q4["similarity_mean"], q4["similarity_min"]) == (pytest.approx(0.625), 0.25)
+    csv = pd.read_csv(paths["results.csv"])
+    assert {"similarity_mean", "similarity_min", "retention", "peak_vram_mb", "gpu_util_mean_pct"} <= set(csv.columns)
+    doc = json.loads(paths["results.json"].read_text(encoding="utf-8"))
+    rows = {r["variant"]: r for r in doc["rows"]}
+    assert rows["gguf-Q8_0"]["peak_vram_mb"] == 512.0 and rows["gguf-f16"]["peak_vram_mb"] is None
+    assert rows["gguf-Q4_K_M"]["similarity_min"] == 0.25
+    assert pd.read_parquet(paths["results.parquet"])["similarity_mean"].notna().all()
+    md = paths["summary.md"].read_text(encoding="utf-8")
+    for header in ("Peak VRAM MB", "GPU util %", "Retention %", "Similarity mean / min"):
+        assert f"| {header} |" in md or f" {header} |" in md
+        assert f"**{header}**" in md  # glossary
+    q8 = next(line for line in md.splitlines() if line.startswith("| gguf-Q8_0"))
+    assert "| 512 ✗ | 42 |" in q8  # measured VRAM, over the 400 MB budget
+    f16 = next(line for line in md.splitlines() if line.startswith("| gguf-f16"))
+    assert "| n/a | n/a |" in f16  # no GPU measurement
+    assert "| 0.625 / 0.250 |" in next(line for line in md.splitlines() if line.startswith("| gguf-Q4_K_M"))
+    assert "wrong-1 ✗ (sim 0.25) ⚠" in md  # per answer, side by side
+    html = paths["index.html"].read_text(encoding="utf-8")
+    assert "sim 0.25" in html and "Similarity mean / min" in html
+
+
+def test_answer_cells_carry_similarity_only_when_recorded() -> None:
+    results = _with_similarity(answer_results())
+    (group,) = report.answers_side_by_side(results, report.results_table(results))
+    assert group["rows"][1]["cells"][1] == {"answer": "wrong-1", "correct": False, "flip": "lost", "similarity": 0.25}
+    assert "similarity" not in group["rows"][1]["reference"]

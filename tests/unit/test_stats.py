@@ -69,3 +69,34 @@ def test_topk_kl_is_a_lower_bound_and_exact_for_full_k():
 def test_distribution():
     d = stats.distribution(np.arange(101, dtype=float))
     assert d["mean"] == 50 and d["median"] == 50 and d["max"] == 100 and d["p99"] == pytest.approx(99)
+
+
+@pytest.mark.parametrize(
+    "variant,base,ft,expected",
+    [
+        (0.69, 0.50, 0.70, 0.95),  # keeps 95 % of a 20-point gain
+        (0.70, 0.50, 0.70, 1.0),  # the fine-tune's own f16
+        (0.50, 0.50, 0.70, 0.0),  # back to the base
+        (0.40, 0.50, 0.70, -0.5),  # worse than the un-tuned base
+        (0.75, 0.50, 0.70, 1.25),  # better than its own f16
+        (0.186, 0.086, 0.186, 1.0),
+    ],
+)
+def test_retention_known_values(variant, base, ft, expected):
+    assert stats.retention(variant, base, ft) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "variant,base,ft",
+    [
+        (0.6, 0.7, 0.7),  # no gain: nothing to keep
+        (0.6, 0.7, 0.5),  # the fine-tune lost accuracy
+        (None, 0.5, 0.7),
+        (0.6, None, 0.7),
+        (0.6, 0.5, None),
+        (float("nan"), 0.5, 0.7),
+        (0.6, 0.5, float("inf")),
+    ],
+)
+def test_retention_is_na(variant, base, ft):
+    assert stats.retention(variant, base, ft) is None

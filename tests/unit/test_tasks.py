@@ -27,3 +27,17 @@ def test_check(answer, expected, checker, ok):
 def test_unknown_checker():
     with pytest.raises(ValueError, match="unknown checker"):
         check("x", "x", "fuzzy")
+
+
+@pytest.mark.parametrize(
+    "answer,pattern,ok",
+    [
+        (" def factorial(n):", r"def\s+factorial\s*\(", True),
+        (" factorial = 1", r"def\s+factorial\s*\(", False),
+        (" YES it is", r"(?i)^\W*yes\b", True),
+        (" yesterday", r"(?i)^\W*yes\b", False),
+        (" first\ndef factorial(n):", r"def\s+factorial", False),  # the first line only
+    ],
+)
+def test_regex_checker(answer, pattern, ok):
+    assert check(answer, pattern, "regex") is ok

@@ -1,0 +1,71 @@
+"""GPU telemetry through NVML: on a machine without a GPU / driver the sampler reports n/a (None) cleanly,
+through a real pynvml call that fails to initialise; the result schema takes null and numbers."""
+
+import copy
+
+import pynvml
+import pytest
+
+from quantflow.results import validate
+from quantflow.telemetry import GpuSampler
+
+
+def _nvml_initialises() -> bool:
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
+NVML = _nvml_initialises()
+
+
+@pytest.mark.skipif(NVML, reason="NVML initialises here (a GPU machine): see test_sampler_measures_on_a_gpu")
+def test_sampler_is_na_without_a_gpu():
+    with pytest.raises(pynvml.NVMLError):  # the premise: the real library call fails on this machine
+        pynvml.nvmlInit()
+    with GpuSampler(interval_s=0.01) as gpu:
+        sum(range(10_000))
+    assert not gpu.available and "NVML" in gpu.reason
+    assert gpu.summary() == {"peak_vram_mb": None, "gpu_util_mean_pct": None, "gpu_util_max_pct": None,
+                             "vram_scope": None}  # fmt: skip
+
+
+@pytest.mark.skipif(not NVML, reason="no GPU / NVIDIA driver here")
+def test_sampler_measures_on_a_gpu():
+    import time
+
+    with GpuSampler(interval_s=0.01) as gpu:
+        time.sleep(0.1)
+    s = gpu.summary()
+    assert gpu.available and s["peak_vram_mb"] >= 0 and 0 <= s["gpu_util_mean_pct"] <= s["gpu_util_max_pct"] <= 100
+
+
+RESULT = {
+    "schema_version": 1, "model": "m", "ft": "base", "variant": "gguf-Q4_K_M", "format": "gguf", "status": "ok",
+    "provenance": {}, "memory": {"peak_rss_mb": 80.0, "use_mmap": False},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"peak_vram_mb": None, "gpu_util_mean_pct": None, "gpu_util_max_pct": None, "vram_scope": None},
+        {"peak_vram_mb": 1234.5, "gpu_util_mean_pct": 87.5, "gpu_util_max_pct": 100.0, "vram_scope": "process"},
+        {"peak_vram_mb": 0, "gpu_util_mean_pct": 0, "gpu_util_max_pct": 0, "vram_scope": "device"},
+    ],
+)
+def test_schema_accepts_null_and_numbers(fields):
+    r = copy.deepcopy(RESULT)
+    r["memory"].update(fields)
+    validate(r)
+
+
+@pytest.mark.parametrize("key,value", [("peak_vram_mb", "1 GB"), ("gpu_util_mean_pct", True), ("vram_scope", "gpu")])
+def test_schema_refuses_other_types(key, value):
+    r = copy.deepcopy(RESULT)
+    r["memory"][key] = value
+    with pytest.raises(ValueError, match=key):
+        validate(r)
