@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import platform
@@ -50,6 +51,43 @@ def files_hash(paths: list[str | Path]) -> str:
         h.update(p.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
+
+
+def imported_modules(entry: str | Path, package_dir: str | Path) -> list[Path]:
+    """The package's modules that `entry` (a script) imports, directly or through each other.
+
+    Snakemake reruns a job when its script changes, not when a module the script imports does; hashing
+    this closure (a rule's `code` param) closes that gap without a hand-kept list per rule. Imports inside
+    functions count too (the heavy libraries are imported lazily). Hand-written because the standard
+    library's modulefinder executes nothing but resolves every third-party import as well, which is slow
+    and not what we need: only our own package's files matter here.
+    """
+    pkg = Path(package_dir)
+    name = pkg.name
+    seen: set[Path] = set()
+    todo = [Path(entry)]
+    while todo:
+        path = todo.pop()
+        tree = ast.parse(path.read_text(), filename=str(path))
+        in_pkg = path.parent == pkg
+        for node in ast.walk(tree):
+            mods: list[str] = []
+            if isinstance(node, ast.Import):
+                mods = [a.name.split(".")[1] for a in node.names if a.name.startswith(f"{name}.")]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level == 1 and in_pkg:  # from .x import y / from . import x
+                    mods = [base.split(".")[0]] if base else [a.name for a in node.names]
+                elif node.level == 0 and base == name:  # from quantflow import x
+                    mods = [a.name for a in node.names]
+                elif node.level == 0 and base.startswith(f"{name}."):  # from quantflow.x import y
+                    mods = [base.split(".")[1]]
+            for m in mods:
+                f = pkg / f"{m}.py"
+                if f.is_file() and f not in seen:
+                    seen.add(f)
+                    todo.append(f)
+    return sorted(seen)
 
 
 def collect(cfg: dict, llama_cpp_dir: str | Path, threads: int) -> dict:

@@ -13,7 +13,7 @@ rule demo_data:
     params:
         seed=config["seed"],
         sizes=config["demo"]["data"],
-        code=code_hash("data"),
+        code=code_hash("demo_data"),
     script:
         "../scripts/demo_data.py"
 
@@ -32,7 +32,7 @@ rule demo_tokenizer:
         "../envs/quantflow.yaml"
     params:
         vocab_size=config["demo"]["vocab_size"],
-        code=code_hash("demo"),
+        code=code_hash("demo_tokenizer"),
     script:
         "../scripts/demo_tokenizer.py"
 
@@ -61,6 +61,6 @@ rule demo_base:
         seed=config["seed"],
         model=config["demo"]["model"],
         pretrain=config["demo"]["pretrain"],
-        code=code_hash("demo"),
+        code=code_hash("demo_base"),
     script:
         "../scripts/demo_base.py"

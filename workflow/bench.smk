@@ -20,7 +20,7 @@ rule reference:
         runtime=30,
     params:
         bench={k: v for k, v in config["bench"].items() if k != "hf"},
-        code=code_hash("bench", "stats", "tasks", "suites", "similarity", "telemetry"),
+        code=code_hash("reference"),
     script:
         "../scripts/reference.py"
 
@@ -49,18 +49,6 @@ rule bench:
         bench=bench_settings,
         quant=variant_quant,
         llama_cpp_dir=LLAMA_CPP_DIR,
-        code=code_hash(
-            "bench",
-            "hf_bench",
-            "stats",
-            "tasks",
-            "quantize",
-            "results",
-            "provenance",
-            "llama_tools",
-            "suites",
-            "similarity",
-            "telemetry",
-        ),
+        code=code_hash("bench"),
     script:
         "../scripts/bench.py"

@@ -47,14 +47,20 @@ wildcard_constraints:
     variant=_alt(VARIANTS),
 
 
-def code_hash(*modules):
-    """Hash of the library modules a rule's script imports: a params value, so editing them reruns the rule.
+def code_hash(script):
+    """Hash of the package modules that scripts/<script>.py imports: a params value, so editing any of them
+    reruns the rule's jobs.
 
-    Snakemake tracks a rule's script but not what it imports. The modules hashed are the ones shipped
-    beside this Snakefile (`make venv` installs that same folder, editable).
+    Snakemake tracks a rule's script but not what it imports. The closure is read from the imports
+    themselves (provenance.imported_modules), over the package shipped beside this Snakefile (`make venv`
+    installs that same folder, editable).
     """
-    pkg = Path(workflow.basedir) / "quantflow"
-    return provenance.files_hash([pkg / f"{m}.py" for m in modules])
+    base = Path(workflow.basedir)
+    return provenance.files_hash(
+        provenance.imported_modules(
+            base / "scripts" / f"{script}.py", base / "quantflow"
+        )
+    )
 
 
 def data_file(model, key):

@@ -18,6 +18,6 @@ rule convert:
     params:
         llama_cpp_dir=LLAMA_CPP_DIR,
         commit=provenance.llama_cpp_commit(LLAMA_CPP_DIR),
-        code=code_hash("convert", "quantize"),
+        code=code_hash("convert"),
     script:
         "../scripts/convert.py"

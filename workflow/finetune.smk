@@ -27,7 +27,7 @@ rule finetune:
         ft=lambda wc: FINETUNES[wc.ft],
         train=data_spec("sft_train"),
         eval=data_spec("sft_eval"),
-        code=code_hash("finetune", "demo"),
+        code=code_hash("finetune"),
     script:
         "../scripts/finetune.py"
 
@@ -48,6 +48,6 @@ rule merge:
         mem_mb=8000,
         runtime=30,
     params:
-        code=code_hash("finetune", "demo"),
+        code=code_hash("merge"),
     script:
         "../scripts/merge.py"

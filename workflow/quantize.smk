@@ -21,7 +21,7 @@ rule imatrix:
     params:
         settings=config["imatrix"],
         llama_cpp_dir=LLAMA_CPP_DIR,
-        code=code_hash("llama_tools"),
+        code=code_hash("imatrix"),
     script:
         "../scripts/imatrix.py"
 
@@ -45,7 +45,7 @@ rule quantize:
     params:
         opts=lambda wc: QUANTS[wc.quant],
         llama_cpp_dir=LLAMA_CPP_DIR,
-        code=code_hash("quantize", "config", "llama_tools"),
+        code=code_hash("quantize"),
     script:
         "../scripts/quantize.py"
 
@@ -72,6 +72,6 @@ rule gptq:
         gpu=1 if config["gpu_jobs"] else 0,
     params:
         settings=gptq_settings(config.get("gptq")),
-        code=code_hash("gptq", "atomic", "inputs"),
+        code=code_hash("gptq"),
     script:
         "../scripts/gptq.py"

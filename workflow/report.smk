@@ -44,11 +44,11 @@ rule report:
     params:
         report=config["report"],
         llama_cpp_dir=LLAMA_CPP_DIR,
-        code=code_hash("report", "results", "provenance", "stats"),
+        code=code_hash("report"),
         # The report's templates are code too: editing one re-renders the report.
         templates=provenance.files_hash(
             [
-                Path(provenance.__file__).parent / "templates" / name
+                Path(workflow.basedir) / "quantflow" / "templates" / name
                 for name in ("index.html.j2", "summary.md.j2")
             ]
         ),
