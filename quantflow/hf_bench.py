@@ -9,7 +9,7 @@ decoding stopped at newline/EOS.
     hf-fp32   unquantized float32 (a bf16 run would be named hf-bf16; on CPU fp32 is the baseline)
     hf-bnb8   bitsandbytes LLM.int8, quantized at load
     hf-nf4    bitsandbytes NF4 with double quantization, quantized at load, float32 compute
-    hf-gptq4  GPTQModel 4-bit: only its availability is checked here (it needs a CUDA GPU)
+    hf-gptq4  GPTQModel 4-bit, the checkpoint the gptq rule wrote (quantflow.gptq); CPU or GPU
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ HF_VARIANTS = ("hf-fp32", "hf-bnb8", "hf-nf4", "hf-gptq4")
 QUANT = {"hf-fp32": "F32", "hf-bnb8": "INT8", "hf-nf4": "NF4", "hf-gptq4": "GPTQ4"}
 
 GPTQ_NOT_INSTALLED = (
-    "GPTQModel is not installed: it is an optional extra that pulls a CUDA build of torch "
-    "(pip install -e '.[gptq]' on a GPU machine); AutoGPTQ is archived and does not import on transformers 5"
+    "GPTQModel is not installed: `make venv` installs it (by hand: pip install -e '.[gptq]' then "
+    "pip install --no-deps gptqmodel==7.6.0); AutoGPTQ is archived and does not import on transformers 5"
 )
-GPTQ_NO_GPU = "GPTQ quantization needs a CUDA GPU; none is visible"
 
 # A streamed generation that produces nothing for this long has failed (the generating thread died).
 _STREAM_TIMEOUT_S = 600.0
@@ -132,11 +131,18 @@ def load_hf(hf_dir: str | Path, variant: str, threads: int):
 
 
 def n_params(model) -> int:
-    """Parameters of the unquantized model: a packed 4-bit tensor counts its logical elements, not bytes."""
+    """Parameters of the unquantized model: a packed 4-bit tensor counts its logical elements, not bytes.
+
+    bitsandbytes keeps the packed weight as a parameter with a quant_state; GPTQ linears keep it as a
+    `qweight` buffer (no parameter at all), so they count as in_features x out_features.
+    """
     total = 0
     for p in model.parameters():
         qs = getattr(p, "quant_state", None)
         total += int(np.prod(qs.shape)) if qs is not None else p.numel()
+    for m in model.modules():
+        if hasattr(m, "qweight") and hasattr(m, "in_features") and hasattr(m, "out_features"):
+            total += int(m.in_features) * int(m.out_features)
     return total
 
 
@@ -455,7 +461,11 @@ def run_hf_variant(
     quality.update(acc)
     # bitsandbytes quantizes at load: there is no file of the variant, so its size is the loaded
     # model's parameters and buffers (get_memory_footprint; bnb's quantization constants excluded).
-    size = int(model.get_memory_footprint())
+    # GPTQ has a checkpoint: its weights' bytes on disk, as for a GGUF file.
+    if variant == "hf-gptq4":
+        size = sum(f.stat().st_size for f in Path(hf_dir).glob("*.safetensors"))
+    else:
+        size = int(model.get_memory_footprint())
     count = n_params(model)
     del model, tok
     _free_memory()

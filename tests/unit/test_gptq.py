@@ -118,7 +118,7 @@ def test_loads_and_generates_close_to_the_source(checkpoint, tiny_hf):
 
 
 @needs_gptq
-def test_bench_measures_the_checkpoint(checkpoint, tiny_f16, tiny_data, tmp_path):
+def test_bench_measures_the_checkpoint(checkpoint, tiny_f16, tiny_data, tiny_hf, tmp_path):
     out, _ = checkpoint
     ref = bench.make_reference(tiny_f16, tiny_data["heldout"].read_text(), CFG, threads=2)
     path = tmp_path / "reference.npz"
@@ -130,6 +130,12 @@ def test_bench_measures_the_checkpoint(checkpoint, tiny_f16, tiny_data, tmp_path
     assert r["speed"]["decode_tps"]["median"] > 0 and r["quality"]["kl_mean"] > 0
     assert len(r["answers"]) == 2
     validate(dict(r, provenance={}))
+    # packed 4-bit linears count their logical weights: the same count as the source model's
+    source, _ = hf_bench.load_hf(tiny_hf, "hf-fp32", threads=2)
+    assert r["file"]["n_params"] == sum(p.numel() for p in source.parameters())
+    # size is the checkpoint's weights on disk: 4-bit blocks plus unquantized embeddings and head
+    weights = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    assert r["file"]["bytes"] == weights and 4 < r["file"]["bits_per_weight"] < 32
 
 
 @needs_gptq

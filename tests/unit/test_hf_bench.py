@@ -65,13 +65,12 @@ def test_availability():
 
 
 def test_gptq_reasons(monkeypatch):
-    import torch
-
     monkeypatch.setitem(sys.modules, "gptqmodel", None)  # import of it raises ImportError
     assert hf_bench.unavailable_reason("hf-gptq4") == hf_bench.GPTQ_NOT_INSTALLED
+    # transformers loads GPTQ checkpoints through optimum: GPTQModel alone is not enough
     monkeypatch.setitem(sys.modules, "gptqmodel", types.ModuleType("gptqmodel"))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert hf_bench.unavailable_reason("hf-gptq4") == hf_bench.GPTQ_NO_GPU
+    monkeypatch.setitem(sys.modules, "optimum.gptq", None)
+    assert hf_bench.unavailable_reason("hf-gptq4").startswith("optimum is not installed")
     assert "\n" not in hf_bench.GPTQ_NOT_INSTALLED
 
 
