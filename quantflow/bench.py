@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
+from .atomic import die_with_parent
 from .tasks import check, first_line
 from .telemetry import GpuSampler
 
@@ -96,15 +97,36 @@ def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float, float]:
     """One repetition: prompt tok/s (batched prompt eval) and decode tok/s (n_gen single-token steps).
 
     EOS is ignored on purpose: the decode rate must cover exactly n_gen steps for every variant.
+    The decode loop calls llama_decode on one preallocated one-token batch, as llama-bench's tg does,
+    plus a greedy argmax over the logits (what a real generation needs): `Llama.eval` would add a KV
+    cache scan, a batch rebuild and bookkeeping per token, Python cost that is not the engine's.
     """
+    import llama_cpp
+
     llm.reset()
     t0 = time.perf_counter()
     llm.eval(prompt)
     t1 = time.perf_counter()
-    for _ in range(n_gen):
-        llm.eval([int(np.argmax(last_logits(llm)))])
-    t2 = time.perf_counter()
-    return len(prompt) / (t1 - t0), n_gen / (t2 - t1)
+    ctx, n_vocab, pos = llm._ctx.ctx, llm.n_vocab(), llm.n_tokens
+    batch = llama_cpp.llama_batch_init(1, 0, 1)
+    try:
+        batch.n_tokens = 1
+        batch.seq_id[0][0] = 0
+        batch.n_seq_id[0] = 1
+        batch.logits[0] = True
+        t_dec = time.perf_counter()
+        for _ in range(n_gen):
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+            batch.token[0] = int(np.argmax(logits))
+            batch.pos[0] = pos
+            if (rc := llama_cpp.llama_decode(ctx, batch)) != 0:
+                raise RuntimeError(f"llama_decode failed (code {rc}) at position {pos}")
+            pos += 1
+        t2 = time.perf_counter()
+    finally:
+        llama_cpp.llama_batch_free(batch)
+    llm.n_tokens = pos  # the wrapper's view of the cache: the next reset()/eval() clears it as usual
+    return len(prompt) / (t1 - t0), n_gen / (t2 - t_dec)
 
 
 def speed_summary(cfg: dict, threads: int, prompt_tokens: int, load_s, pp, tg, ttft, lat) -> tuple[dict, dict]:
@@ -202,7 +224,13 @@ def run_isolated(module: str, payload: dict, what: str) -> dict:
     pkg_root = str(Path(__file__).resolve().parent.parent)  # importable even when not pip-installed
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(
-        [sys.executable, "-m", module], input=json.dumps(payload), capture_output=True, text=True, env=env, check=False
+        [sys.executable, "-m", module],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        preexec_fn=die_with_parent,  # a killed bench job must not leave its measurement running
     )
     for line in proc.stderr.splitlines():
         log.info("speed: %s", line)

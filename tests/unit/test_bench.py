@@ -90,6 +90,27 @@ def test_greedy_generation_and_answers(tiny_f16, tiny_data):
     assert [r["answer"] for r in rows] == [r["answer"] for r in rows2]
 
 
+def test_decode_loop_generates_what_greedy_eval_does(tiny_f16, reference):
+    """The timed decode loop (raw llama_decode on one batch) decodes the same greedy tokens at the same
+    positions as the generation path: afterwards the model's state equals evaluating prompt + tokens."""
+    llm = bench.load(tiny_f16, n_ctx=64, threads=2)
+    prompt = [int(t) for t in bench.load_reference(reference)["chunks"][0][:16]]
+    toks, _, _ = bench.greedy(llm, prompt, 12, stop_newline=False)
+    assert toks
+    pp, tg = bench.decode_run(llm, prompt, len(toks))
+    assert pp > 0 and tg > 0 and llm.n_tokens == len(prompt) + len(toks)
+    after_loop = bench.last_logits(llm).copy()
+    llm.reset()
+    llm.eval(prompt + toks)
+    after_eval = bench.last_logits(llm)
+    # a batch of many tokens takes other matmul kernels than one token at a time: f16-level differences
+    np.testing.assert_allclose(after_loop, after_eval, atol=1e-2)
+    assert np.argmax(after_loop) == np.argmax(after_eval)
+    # and the wrapper still works after the loop: a second run starts from a clean cache
+    assert bench.decode_run(llm, prompt, 4)[1] > 0
+    llm.close()
+
+
 def test_speed_in_isolated_process(tiny_f16, reference, tiny_data):
     ref = bench.load_reference(reference)
     prompt = [int(t) for t in ref["chunks"].reshape(-1)[:16]]
