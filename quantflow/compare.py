@@ -77,6 +77,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("kl_mean", "KL mean", "exact", "quality", "kl_mean", False),
     Metric("ppl", "PPL", "exact", "quality", "ppl", False),
     Metric("accuracy", "Accuracy", "exact", "quality", "accuracy", True),
+    Metric("top1_agreement", "Top-1 agreement", "exact", "quality", "top1_agreement", True),
+    Metric("similarity_mean", "Answer similarity", "exact", "quality", "similarity_mean", True, spec=".3f"),
     Metric("size_mb", "Size MB", "exact", "file", "bytes", False, scale=1.0 / 2**20, spec=".3f"),
 )
 
@@ -215,6 +217,8 @@ def compare(
             not_ok.append({"key": key, "a": a[key].get("status"), "b": b[key].get("status")})
             continue
         for metric in metrics:
+            if math.isnan(_value(a[key], metric)[0]) and math.isnan(_value(b[key], metric)[0]):
+                continue  # measured by neither run (e.g. a figure older results do not carry)
             row = compare_metric(metric, a[key], b[key])
             rows.append({"model": key[0], "ft": key[1], "variant": key[2], **row})
     return {

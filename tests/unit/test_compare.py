@@ -57,7 +57,14 @@ def make_result(ft: str, variant: str, *, speed_factor: float = 1.0, status: str
         "latency_s": dist(0.5 / speed_factor),
     }
     res["memory"] = {"peak_rss_mb": size_mb + 40}
-    res["quality"] = {"ppl": 10 * (1 + kl), "kl_mean": kl, "accuracy": acc, "n_test": 20}
+    res["quality"] = {
+        "ppl": 10 * (1 + kl),
+        "kl_mean": kl,
+        "accuracy": acc,
+        "n_test": 20,
+        "top1_agreement": 1 - kl,
+        "similarity_mean": 1 - 2 * kl,
+    }
     return res
 
 
@@ -189,6 +196,15 @@ def test_missing_metric_is_shown_not_flagged() -> None:
     rows = [r for r in compare.compare(a, b)["rows"] if r["variant"] == "gguf-f16" and r["ft"] == "base"]
     kl = next(r for r in rows if r["metric"] == "kl_mean")
     assert kl["significant"] is None and kl["note"] == "missing in B"
+
+
+def test_a_metric_neither_run_measured_is_left_out() -> None:
+    a = run_results()
+    for r in a:
+        del r["quality"]["similarity_mean"]  # e.g. two runs from before the metric existed
+    rows = compare.compare(a, copy.deepcopy(a))["rows"]
+    assert rows and not any(r["metric"] == "similarity_mean" for r in rows)
+    assert any(r["metric"] == "top1_agreement" for r in rows)
 
 
 def test_unmatched_and_failed_variants_are_listed() -> None:
