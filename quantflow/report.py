@@ -52,7 +52,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 MISSING = "–"
 
 #: Provenance keys copied from each result into results.csv (blank when a result lacks one).
-PROVENANCE_COLUMNS: tuple[str, ...] = ("config_hash", "llama_cpp_commit", "cpu", "timestamp")
+PROVENANCE_COLUMNS: tuple[str, ...] = ("config_hash", "llama_cpp_commit", "cpu", "node", "timestamp")
 
 _KEY = ["model", "ft", "variant"]
 

@@ -138,7 +138,10 @@ def bench_settings(wildcards):
 
 
 def get_final_output():
-    return rules.report.output
+    # The bench results are targets too, not only the report's inputs: Snakemake does not regenerate a
+    # deleted intermediate file while everything downstream of it is up to date, so without them
+    # deleting a (failed) result and rerunning would do nothing.
+    return [*rules.report.output, *all_bench_results()]
 
 
 def all_bench_results():
