@@ -20,7 +20,7 @@ import numpy as np
 
 from . import stats
 from .atomic import die_with_parent
-from .tasks import check, first_line
+from .tasks import accuracy_summary, check, first_line
 from .telemetry import GpuSampler
 
 log = logging.getLogger(__name__)
@@ -362,15 +362,7 @@ def answer_tasks(path: str | Path, items: list[dict], cfg: dict, threads: int) -
             }
         )
     llm.close()
-    by_cat: dict[str, list[bool]] = {}
-    for r in rows:
-        by_cat.setdefault(r["category"], []).append(r["correct"])
-    quality = {
-        "accuracy": float(np.mean([r["correct"] for r in rows])) if rows else float("nan"),
-        "n_test": len(rows),
-        "accuracy_by_category": {c: float(np.mean(v)) for c, v in sorted(by_cat.items())},
-    }
-    return rows, quality
+    return rows, accuracy_summary(rows)
 
 
 def save_reference(path: str | Path, ref: dict[str, np.ndarray]) -> None:

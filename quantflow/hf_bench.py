@@ -28,7 +28,7 @@ import numpy as np
 from . import stats
 from .bench import load_reference, peak_rss_mb, rss_mb, run_isolated, speed_summary
 from .bench import quality_of as bench_quality_of
-from .tasks import check, first_line
+from .tasks import accuracy_summary, check, first_line
 from .telemetry import GpuSampler
 
 log = logging.getLogger(__name__)
@@ -405,15 +405,7 @@ def answers_of(model, tok, items: list[dict], cfg: dict) -> tuple[list[dict], di
                 "correct": check(text, str(it["answer"]), it["checker"]),
             }
         )
-    by_cat: dict[str, list[bool]] = {}
-    for r in rows:
-        by_cat.setdefault(r["category"], []).append(r["correct"])
-    quality = {
-        "accuracy": float(np.mean([r["correct"] for r in rows])) if rows else float("nan"),
-        "n_test": len(rows),
-        "accuracy_by_category": {c: float(np.mean(v)) for c, v in sorted(by_cat.items())},
-    }
-    return rows, quality
+    return rows, accuracy_summary(rows)
 
 
 def answer_tasks(

@@ -34,3 +34,15 @@ def check(answer: str, expected: str, checker: str) -> bool:
     if checker == "regex":  # re.search on the first line; (?i) in the pattern makes it case-blind
         return re.search(expected, first_line(answer)) is not None
     raise ValueError(f"unknown checker {checker!r}: expected one of {', '.join(CHECKERS)}")
+
+
+def accuracy_summary(rows: list[dict]) -> dict:
+    """Accuracy overall and per category of checked answers (rows with `category` and `correct`)."""
+    by_cat: dict[str, list[bool]] = {}
+    for r in rows:
+        by_cat.setdefault(r["category"], []).append(bool(r["correct"]))
+    return {
+        "accuracy": sum(r["correct"] for r in rows) / len(rows) if rows else float("nan"),
+        "n_test": len(rows),
+        "accuracy_by_category": {c: sum(v) / len(v) for c, v in sorted(by_cat.items())},
+    }

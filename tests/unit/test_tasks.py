@@ -41,3 +41,21 @@ def test_unknown_checker():
 )
 def test_regex_checker(answer, pattern, ok):
     assert check(answer, pattern, "regex") is ok
+
+
+def test_accuracy_summary_overall_and_per_category():
+    from quantflow.tasks import accuracy_summary
+
+    rows = [
+        {"category": "sum", "correct": True},
+        {"category": "sum", "correct": False},
+        {"category": "lookup", "correct": True},
+        {"category": "sum", "correct": True},
+    ]
+    assert accuracy_summary(rows) == {
+        "accuracy": 0.75,
+        "n_test": 4,
+        "accuracy_by_category": {"lookup": 1.0, "sum": 2 / 3},
+    }
+    empty = accuracy_summary([])
+    assert empty["n_test"] == 0 and empty["accuracy"] != empty["accuracy"]  # NaN: nothing was asked
