@@ -196,12 +196,31 @@ def checkpoint_info(path: str | Path) -> dict:
     }
 
 
+def cuda_backend() -> str:
+    """GPTQModel's kernel for a checkpoint loaded on CUDA: Triton's, unless QUANTFLOW_GPTQ_BACKEND names another.
+
+    GPTQModel's own "auto" pick on Hopper GPUs is Machete, which downloads CUTLASS's sources and
+    compiles them at the first load: impossible on an offline node, and minutes where it works. The
+    Triton kernel needs neither. Where Marlin or Machete can be built, QUANTFLOW_GPTQ_BACKEND=gptq_marlin
+    (or gptq_machete) selects it; every result records the kernel that ran.
+    """
+    return os.environ.get("QUANTFLOW_GPTQ_BACKEND", "gptq_triton")
+
+
 def load_quantized(path: str | Path, device: str = "cpu"):
-    """A GPTQ checkpoint as a transformers model (GPTQModel's kernels; float32 outside the quantized linears)."""
+    """A GPTQ checkpoint as a transformers model, on GPTQModel's kernels.
+
+    On the CPU, float32 outside the quantized linears; on CUDA, float16 (GPTQModel's CUDA kernels take
+    fp16/bf16 activations only) with the kernel :func:`cuda_backend` names.
+    """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GPTQConfig
 
     checkpoint_info(path)  # a plain model would load unquantized, silently
+    kwargs = {"dtype": torch.float32}
+    if str(device).startswith("cuda"):
+        # A config passed for an already-quantized checkpoint only sets its loading attributes (the kernel).
+        kwargs = {"dtype": torch.float16, "quantization_config": GPTQConfig(bits=BITS, backend=cuda_backend())}
     # GPTQModel logs (kernel selection, format conversion) to stdout: the isolated bench's result channel.
     with contextlib.redirect_stdout(sys.stderr):
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map=device)
+        return AutoModelForCausalLM.from_pretrained(path, device_map=device, **kwargs)

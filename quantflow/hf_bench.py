@@ -81,6 +81,26 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def device_name() -> str:
+    """Where the HF variants run: 'cpu', or 'cuda:0 (<GPU name>)'."""
+    import torch
+
+    return f"cuda:0 ({torch.cuda.get_device_name(0)})" if _device() == "cuda" else "cpu"
+
+
+def quant_kernel(model) -> str | None:
+    """The class that runs the quantized matmuls (e.g. bnb's Linear4bit, GPTQModel's TorchQuantLinear).
+
+    GPTQModel picks its kernel at load from the device and dtype (Marlin, Triton, Torch ...): the
+    figures depend on which one ran, so the result records it. None for an unquantized model.
+    """
+    for module in model.modules():
+        name = type(module).__name__
+        if hasattr(module, "qweight") or name in ("Linear8bitLt", "Linear4bit"):
+            return name
+    return None
+
+
 def _sync(device) -> None:
     """Wait for queued GPU work, so that a timer read after it covers the work (no-op on CPU)."""
     import torch
@@ -459,12 +479,15 @@ def run_hf_variant(
     else:
         size = int(model.get_memory_footprint())
     count = n_params(model)
+    kernel = quant_kernel(model)
     del model, tok
     _free_memory()
     return {
         **head,
         "status": "ok",
         "reason": None,
+        "device": device_name(),
+        "kernel": kernel,
         "file": {"path": str(hf_dir), "bytes": size, "n_params": count, "bits_per_weight": 8.0 * size / count},
         "speed": speed,
         "memory": memory,

@@ -103,14 +103,15 @@ def test_loads_and_generates_close_to_the_source(checkpoint, tiny_hf):
     out, _ = checkpoint
     model, tok = hf_bench.load_hf(out, "hf-gptq4", threads=2)
     ref, _ = hf_bench.load_hf(tiny_hf, "hf-fp32", threads=2)
-    assert model.dtype == torch.float32
+    # float32 on the CPU; GPTQModel's CUDA kernels take float16
+    assert model.dtype == (torch.float16 if torch.cuda.is_available() else torch.float32)
     ids = tok("The capital city is", add_special_tokens=True).input_ids
     new = hf_bench.greedy_ids(model, tok, ids, 6)
     assert 0 < len(new) <= 6 and all(0 <= t < len(tok) for t in new)
     x = torch.tensor([tok(" ".join(["The list plum hat has 2 items."] * 3)).input_ids])
     with torch.inference_mode():
-        lq = torch.log_softmax(model(input_ids=x).logits[0].float(), -1)
-        lr = torch.log_softmax(ref(input_ids=x).logits[0].float(), -1)
+        lq = torch.log_softmax(model(input_ids=x.to(model.device)).logits[0].float().cpu(), -1)
+        lr = torch.log_softmax(ref(input_ids=x.to(ref.device)).logits[0].float().cpu(), -1)
     kl = (lr.exp() * (lr - lq)).sum(-1).mean().item()
     uniform = (lr.exp() * (lr + np.log(lr.shape[-1]))).sum(-1).mean().item()
     # quantized, so not identical; but far closer to its source than knowing nothing (a uniform guess)
@@ -127,6 +128,12 @@ def test_bench_measures_the_checkpoint(checkpoint, tiny_f16, tiny_data, tiny_hf,
     test, prompts = read_jsonl(tiny_data["test"])[:2], read_jsonl(tiny_data["prompts"])[:2]
     r = hf_bench.run_hf_variant(out, "hf-gptq4", path, test, prompts, CFG, 2, meta)
     assert r["status"] == "ok" and r["quant"] == "GPTQ4" and r["format"] == "hf"
+    # GPTQModel's kernel class (chosen at load by device and dtype) is recorded: the figures depend on it
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+
+    model, _ = hf_bench.load_hf(out, "hf-gptq4", threads=2)
+    lin = model.model.layers[0].mlp.down_proj
+    assert isinstance(lin, BaseQuantLinear) and r["kernel"] == type(lin).__name__
     assert r["speed"]["decode_tps"]["median"] > 0 and r["quality"]["kl_mean"] > 0
     assert len(r["answers"]) == 2
     validate(dict(r, provenance={}))

@@ -175,3 +175,8 @@ def test_bad_calls_are_refused(tiny_hf, reference):
         hf_bench.run_hf_variant(tiny_hf, "hf-fp32", reference, [], [], CFG, 2, META)
     with pytest.raises(ValueError, match="meta names variant"):
         hf_bench.run_hf_variant(tiny_hf, "hf-fp32", reference, [], [{}], CFG, 2, dict(META, variant="hf-nf4"))
+
+
+def test_result_names_device_and_kernel(nf4_result):
+    assert nf4_result["device"] == "cpu" or nf4_result["device"].startswith("cuda:0 (")
+    assert nf4_result["kernel"] == "Linear4bit"
