@@ -3,7 +3,8 @@
     python -m quantflow.compare RESULTS_A RESULTS_B --out DIR
 
 Each of RESULTS_A and RESULTS_B is a results tree like ``results/``; every ``**/bench/*.json`` in
-it is read (and validated against ``workflow/schemas/result.schema.yaml``). For every
+it is read (and validated against ``workflow/schemas/result.schema.yaml``), with the answer similarity of
+its ``similarity.json`` (one per model / fine-tune) merged in. For every
 (model, ft, variant) measured successfully in both runs, and every metric of :data:`METRICS`, the
 comparison gives A, B, the difference B - A, the relative difference (B - A) / |A| and whether the
 difference exceeds the measured noise. DIR/compare.md and DIR/compare.html show it.
@@ -40,6 +41,7 @@ from typing import Any
 
 from quantflow.report import MISSING, _jinja_env, load_results, write_atomic
 from quantflow.results import SCHEMA
+from quantflow.similarity import merge_tables, read_tables
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,12 @@ def find_results(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a directory (expected a results tree like results/)")
     return sorted(p for p in root.glob("**/bench/*.json") if not p.name.startswith("."))
+
+
+def load_tree(root: str | Path) -> list[dict[str, Any]]:
+    """The results under ``root``, each validated and merged with its model / fine-tune's similarity table."""
+    tables = read_tables(sorted(p for p in Path(root).glob("**/similarity.json") if not p.name.startswith(".")))
+    return merge_tables(load_results(find_results(root), SCHEMA), tables)
 
 
 def _by_key(results: Sequence[Mapping[str, Any]]) -> dict[Key, Mapping[str, Any]]:
@@ -344,8 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        results_a = load_results(find_results(args.results_a), SCHEMA)
-        results_b = load_results(find_results(args.results_b), SCHEMA)
+        results_a = load_tree(args.results_a)
+        results_b = load_tree(args.results_b)
     except (OSError, ValueError) as exc:
         print(f"quantflow.compare: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Render the report (reports/summary.md, index.html, results.csv/.json/.parquet) from the result files alone.
 
-Snakemake rule `report`: input.results (bench JSONs), input.training (train metrics JSONs);
+Snakemake rule `report`: input.results (bench JSONs), input.similarity (answer-similarity tables, merged
+into the results), input.training (train metrics JSONs);
 output.md, output.html, output.csv, output.json, output.parquet (all in one folder);
 params.report (the config's `report:` block: KL floor and budgets).
 """
@@ -12,10 +13,11 @@ from quantflow import provenance
 from quantflow.logs import to_file
 from quantflow.report import load_results, render
 from quantflow.results import SCHEMA
+from quantflow.similarity import merge_tables, read_tables
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 to_file(sm.log[0])
-results = load_results(sm.input.results, SCHEMA)
+results = merge_tables(load_results(sm.input.results, SCHEMA), read_tables(sm.input.similarity))
 training = [json.loads(Path(p).read_text()) for p in sm.input.training]
 for t in training:
     t.pop("loss_curve", None)

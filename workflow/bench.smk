@@ -1,4 +1,5 @@
-# Quality reference (f16 top-k log-probs and greedy answers) and one benchmark job per variant, each running alone.
+# Quality reference (f16 top-k log-probs and greedy answers), one benchmark job per variant (each running
+# alone), and one answer-similarity table per model / fine-tune.
 from quantflow import suites
 
 
@@ -29,7 +30,6 @@ rule bench:
     input:
         model=get_variant_model,
         reference=rules.reference.output.npz,
-        ref_answers=rules.reference.output.answers,
         test=lambda w: suites.input_path(MODELS[w.model], get_data("test")(w)),
         prompts=lambda w: suites.input_path(MODELS[w.model], get_data("prompts")(w)),
     output:
@@ -52,3 +52,25 @@ rule bench:
         code=code_hash("bench"),
     script:
         "../scripts/bench.py"
+
+
+rule similarity:
+    input:
+        results=lambda w: bench_results_of(w.model, w.ft),
+        answers=rules.reference.output.answers,
+    output:
+        json="results/{model}/{ft}/similarity.json",
+    log:
+        "results/{model}/{ft}/logs/similarity.log",
+    benchmark:
+        "results/{model}/{ft}/benchmarks/similarity.tsv"
+    conda:
+        "../envs/quantflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        code=code_hash("similarity"),
+    script:
+        "../scripts/similarity.py"

@@ -141,7 +141,7 @@ def get_final_output():
     # The bench results are targets too, not only the report's inputs: Snakemake does not regenerate a
     # deleted intermediate file while everything downstream of it is up to date, so without them
     # deleting a (failed) result and rerunning would do nothing.
-    return [*rules.report.output, *all_bench_results()]
+    return [*rules.report.output, *all_bench_results(), *all_similarity_tables()]
 
 
 def all_bench_results():
@@ -151,6 +151,19 @@ def all_bench_results():
         ft=FTS,
         variant=VARIANTS,
     )
+
+
+def bench_results_of(model, ft):
+    return expand(
+        "results/{model}/{ft}/bench/{variant}.json",
+        model=model,
+        ft=ft,
+        variant=VARIANTS,
+    )
+
+
+def all_similarity_tables():
+    return expand("results/{model}/{ft}/similarity.json", model=MODELS, ft=FTS)
 
 
 def all_train_metrics():

@@ -5,6 +5,7 @@
 rule report:
     input:
         results=all_bench_results(),
+        similarity=all_similarity_tables(),
         training=all_train_metrics(),
     output:
         md=report(

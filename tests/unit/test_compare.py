@@ -258,3 +258,16 @@ def test_cli_reports_missing_or_invalid_trees(tmp_path: Path, capsys: pytest.Cap
     (bad / "tiny" / "base" / "bench" / "gguf-f16.json").write_text('{"schema_version": 2}', encoding="utf-8")
     assert compare.main([str(tree), str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "gguf-f16.json" in capsys.readouterr().err
+
+
+def test_a_tree_takes_its_similarity_from_the_tables(tmp_path: Path) -> None:
+    results = run_results()
+    for r in results:
+        del r["quality"]["similarity_mean"]  # bench JSONs carry none: the similarity rule scores them
+    tree = write_tree(tmp_path / "results", results)
+    table = {"model": "tiny", "ft": "lora", "similarity_model": "all-MiniLM-L6-v2",
+             "variants": {"gguf-Q4_K_M": {"similarity_mean": 0.8, "similarity_min": 0.5, "answers": {}}}}  # fmt: skip
+    (tree / "tiny" / "lora" / "similarity.json").write_text(json.dumps(table), encoding="utf-8")
+    loaded = {(r["ft"], r["variant"]): r for r in compare.load_tree(tree)}
+    assert loaded[("lora", "gguf-Q4_K_M")]["quality"]["similarity_mean"] == 0.8
+    assert "similarity_mean" not in loaded[("base", "gguf-Q4_K_M")]["quality"]

@@ -73,3 +73,34 @@ def test_reference_answers_and_similarity_of_a_quantized_variant(tiny_f16, tiny_
 def test_failed_results_are_left_alone(tmp_path):
     r = {"status": "not_run", "reason": "no GPU"}
     assert similarity.add_similarity(r, tmp_path / "absent.json") == {"status": "not_run", "reason": "no GPU"}
+
+
+def test_score_and_merge_one_table_for_many_results(model, tmp_path):
+    ref = [{"id": "1", "answer": "Paris"}, {"id": "2", "answer": "12"}, {"id": "3", "answer": "the dog runs"}]
+
+    def result(variant, answers, status="ok"):
+        rows = [{"id": i, "answer": a} for i, a in answers]
+        return {"schema_version": 1, "model": "m", "ft": "base", "variant": variant, "format": "gguf",
+                "status": status, "provenance": {}, "quality": {}, "answers": rows}  # fmt: skip
+
+    same = result("gguf-f16", [("1", "Paris"), ("2", "12"), ("3", "the dog runs")])
+    diff = result("gguf-Q3_K_M", [("1", "Paris"), ("2", "13"), ("3", "a dog is running"), ("9", "x")])
+    failed = {**result("gguf-Q2_K", []), "status": "failed", "reason": "boom"}
+    table = similarity.score([same, diff, failed], ref, model=model)
+    assert set(table["variants"]) == {"gguf-f16", "gguf-Q3_K_M"}  # nothing for a failed variant
+    assert table["variants"]["gguf-f16"] == {"similarity_mean": 1.0, "similarity_min": 1.0,
+                                            "answers": {"1": 1.0, "2": 1.0, "3": 1.0}}  # fmt: skip
+    q3 = table["variants"]["gguf-Q3_K_M"]
+    assert q3["answers"]["1"] == 1.0 and 0.5 < q3["answers"]["3"] < 1.0 and "9" not in q3["answers"]
+    assert q3["similarity_mean"] == pytest.approx(np.mean(list(q3["answers"].values())))
+    # the same figures as scoring that result alone
+    alone = similarity.answer_similarities(diff["answers"], ref, model=model)
+    assert [q3["answers"].get(a["id"]) for a in diff["answers"]] == pytest.approx(alone[:3] + [None])
+
+    path = tmp_path / "similarity.json"
+    path.write_text(json.dumps({"model": "m", "ft": "base", **table}))
+    merged = similarity.merge_tables([diff, failed, {**same, "ft": "lora"}], similarity.read_tables([path]))
+    assert merged[0]["quality"]["similarity_mean"] == q3["similarity_mean"]
+    assert merged[0]["quality"]["similarity_model"] == similarity.MODEL_NAME
+    assert [a.get("similarity") for a in merged[0]["answers"]] == [q3["answers"].get(a["id"]) for a in diff["answers"]]
+    assert "similarity_mean" not in merged[2]["quality"]  # another fine-tune: no table for it

@@ -241,7 +241,7 @@ def test_one_broken_variant_fails_alone_and_the_report_says_why(interrupted, cfg
     (wd / "results" / "tiny" / "base" / "bench" / "gguf-Q4_K_M.json").unlink()
     plan = planned(wd, cfg)
     # one entry per output file: the report's five outputs are one job
-    assert {r for r, _ in plan.values()} == {"all", "bench", "quantize", "report"}
+    assert {r for r, _ in plan.values()} == {"all", "bench", "quantize", "similarity", "report"}
     assert {o for o, (r, _) in plan.items() if r in ("bench", "quantize")} == {
         str(gguf.relative_to(wd)),
         "results/tiny/base/bench/gguf-Q4_K_M.json",

@@ -67,6 +67,12 @@ def test_report_has_one_row_per_variant(run):
         res = json.loads((run / f"results/tiny/{r['ft']}/bench/{r['variant']}.json").read_text())
         assert ("llama_bench" in res) == r["variant"].startswith("gguf-")
     assert all(r["config_hash"] and r["cpu"] for r in rows)
+    # answer similarity: scored once per fine-tune (similarity.json), merged into the report's rows
+    for ft in ("base", "lora"):
+        table = json.loads((run / f"results/tiny/{ft}/similarity.json").read_text())
+        assert set(table["variants"]) == {v for m, f, v in want if f == ft}
+    assert all(0 <= float(r["similarity_mean"]) <= 1 for r in ran)
+    assert {float(r["similarity_mean"]) for r in ran if r["variant"] == "gguf-f16"} == {1.0}
     html = (run / "reports" / "index.html").read_text()
     assert "<svg" in html and "gguf-Q4_K_M" in html
     assert "gguf-Q3_K_M" in (run / "reports" / "summary.md").read_text()
@@ -119,7 +125,8 @@ def test_changing_one_quant_entry_reruns_only_that_variant(run, tmp_path):
     cfg = _variant_config(tmp_path, ["Q8_0", "Q4_K_M", {"type": "Q3_K_M", "output_tensor_type": "Q8_0"}])
     p = snakemake(run, "-n", configfile=cfg)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert job_stats(p.stdout) == {"quantize": 2, "bench": 2, "report": 1, "all": 1}
+    # one similarity table per fine-tune, rescored from its (partly new) results
+    assert job_stats(p.stdout) == {"quantize": 2, "bench": 2, "similarity": 2, "report": 1, "all": 1}
     assert "Q3_K_M" in p.stdout and "gguf/Q4_K_M.gguf\n" not in p.stdout
 
 
@@ -127,7 +134,8 @@ def test_adding_a_quant_type_adds_only_its_jobs(run, tmp_path):
     cfg = _variant_config(tmp_path, ["Q8_0", "Q4_K_M", "Q3_K_M", "Q6_K"])
     p = snakemake(run, "-n", configfile=cfg)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert job_stats(p.stdout) == {"quantize": 2, "bench": 2, "report": 1, "all": 1}
+    # one similarity table per fine-tune, rescored from its (partly new) results
+    assert job_stats(p.stdout) == {"quantize": 2, "bench": 2, "similarity": 2, "report": 1, "all": 1}
 
 
 def _planned_jobs(out: str) -> list[tuple[str, dict[str, str]]]:
@@ -162,6 +170,7 @@ def test_changing_a_finetune_learning_rate_reruns_its_whole_subtree(run, tmp_pat
         "gptq": int("hf-gptq4" in cfg["hf_variants"]),
         "reference": 1,
         "bench": n_gguf + len(cfg["hf_variants"]),
+        "similarity": 1,
         "report": 1,
         "all": 1,
     }
@@ -204,7 +213,7 @@ def test_editing_a_library_module_reruns_the_stages_that_import_it(run, tmp_path
     n_bench = 1 + len(cfg["quants"]) + len(cfg["imatrix"]["types"]) + len(cfg["hf_variants"])  # f16 first
     # hf_bench.py is imported by the bench script alone (GGUF variants included: one script): every bench
     # job of both the base model and the fine-tune reruns, and the report after them; nothing upstream
-    assert job_stats(p.stdout) == {"bench": 2 * n_bench, "report": 1, "all": 1}
+    assert job_stats(p.stdout) == {"bench": 2 * n_bench, "similarity": 2, "report": 1, "all": 1}
 
 
 @pytest.mark.parametrize(
@@ -255,6 +264,7 @@ def test_default_config_dry_run_plans_the_whole_chain(tmp_path):
     assert {"hf-bnb8", "hf-nf4"} <= set(cfg["hf_variants"])
     assert stats["quantize"] == n_fts * n_quants and stats["imatrix"] == n_fts
     assert stats["bench"] == n_fts * (n_quants + 1 + len(cfg["hf_variants"]))
+    assert stats["similarity"] == n_fts  # one embedding-model load per model / fine-tune, not per bench job
     assert stats["finetune"] == n_fts - 1 and stats["merge"] == n_fts - 1 and stats["convert"] == n_fts
 
 
