@@ -62,7 +62,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "size_mb", "bits_per_weight",
     "decode_tps", "decode_tps_p10", "decode_tps_p90", "decode_cv",
     "prompt_tps", "prompt_tps_cv", "ttft_ms", "latency_s", "load_s",
-    "engine_tg_tps", "engine_pp_tps", "python_vs_engine_tg",
+    "engine_tg_tps", "engine_tg_cv", "engine_pp_tps", "python_vs_engine_tg",
     "peak_rss_mb", "model_rss_mb", "peak_vram_mb", "gpu_util_mean_pct",
     "ppl", "kl_mean", "kl_median", "kl_p99", "kl_p999", "kl_max", "top1_agreement",
     "dp_mean", "dp_rms",
@@ -89,8 +89,10 @@ GLOSSARY: tuple[dict[str, str], ...] = (
             "a noise gauge: above ~5 % treat small speed differences with suspicion."},
     {"metric": "llama-bench tg; ours / engine", "better": "higher",
      "how": "llama-bench tg: llama.cpp's own benchmark (llama-bench) on the same GGUF file, "
-            "threads and token counts, generation tok/s (mean). ours / engine: our decode "
-            "median divided by it; the gap below 1.00x is the cost of the Python path."},
+            "threads and token counts, generation tok/s (mean) ± its CV (stdev / mean over its "
+            "repetitions: the machine's noise as llama.cpp's own tool sees it, beside ours). "
+            "ours / engine: our decode median divided by it; the gap below 1.00x is the cost of "
+            "the Python path."},
     {"metric": "Prompt tok/s", "better": "higher",
      "how": "Prompt processing (prefill) throughput, median over repetitions."},
     {"metric": "TTFT ms", "better": "lower",
@@ -248,6 +250,7 @@ def _result_row(res: Mapping[str, Any]) -> dict[str, Any]:
         "latency_s": _stat(speed, "latency_s"),
         "load_s": _stat(speed, "load_s"),
         "engine_tg_tps": _num(engine.get("tg_tps")),
+        "engine_tg_cv": _num(engine.get("tg_sd")) / _num(engine.get("tg_tps")) if engine.get("tg_tps") else math.nan,
         "engine_pp_tps": _num(engine.get("pp_tps")),
         "python_vs_engine_tg": _num(engine.get("python_vs_engine_tg")),
         "peak_rss_mb": _num(mem.get("peak_rss_mb")),
@@ -1194,7 +1197,8 @@ def _main_row(r: Mapping[str, Any], recommended: bool) -> list[str]:
         decode,
         _fmt(r["speedup_vs_f16"], ".2f", suffix="x"),
         _fmt(r["decode_cv"], ".1f", scale=100),
-        _fmt(r["engine_tg_tps"], ".1f"),
+        _fmt(r["engine_tg_tps"], ".1f")
+        + ("" if _is_missing(r["engine_tg_cv"]) else f" ±{100 * r['engine_tg_cv']:.0f} %"),
         _fmt(r["python_vs_engine_tg"], ".2f", suffix="x"),
         _fmt(r["prompt_tps"], ".1f"),
         _fmt(r["ttft_ms"], ".0f"),

@@ -277,11 +277,12 @@ def test_results_table_llama_bench_columns() -> None:
     df = report.results_table(all_results())
     q4 = _row(df, "base", "gguf-Q4_K_M")
     assert q4["engine_tg_tps"] == pytest.approx(50.0 / ENGINE_RATIO)
+    assert q4["engine_tg_cv"] == pytest.approx(0.5 / (50.0 / ENGINE_RATIO))  # llama-bench's own noise
     assert q4["engine_pp_tps"] == pytest.approx(600.0)
     assert q4["python_vs_engine_tg"] == pytest.approx(ENGINE_RATIO)
     for ft, variant in (("lora", "gguf-Q4_K_M"), ("lora", "gguf-Q2_K")):
         row = _row(df, ft, variant)
-        for col in ("engine_tg_tps", "engine_pp_tps", "python_vs_engine_tg"):
+        for col in ("engine_tg_tps", "engine_tg_cv", "engine_pp_tps", "python_vs_engine_tg"):
             assert math.isnan(row[col]), (ft, variant, col)
 
 
@@ -693,11 +694,12 @@ def test_render_accuracy_charts_and_llama_bench_columns(tmp_path: Path) -> None:
     for text in (md, html):
         assert "llama-bench tg" in text and "ours / engine" in text
         assert "cost of the Python path" in text  # glossary
-    assert "| gguf-Q4_K_M ★ | 30.0 | 4.90 | 50.0 [47.5–52.5] | 2.50x | 2.0 | 62.5 | 0.80x |" in md
+    # llama-bench's tg with its own CV (stdev 0.5 of 62.5: 1 %)
+    assert "| gguf-Q4_K_M ★ | 30.0 | 4.90 | 50.0 [47.5–52.5] | 2.50x | 2.0 | 62.5 ±1 % | 0.80x |" in md
     # lora's results carry no llama_bench block: both cells are blank.
     assert "| gguf-Q4_K_M ★ | 30.0 | 4.90 | 52.0 [49.4–54.6] | 2.48x | 2.0 | – | – |" in md
     html_row = re.search(r"<code>gguf-Q4_K_M ★</code></td>\s*(.*?)</tr>", html, re.S)
-    assert html_row is not None and '>62.5</td><td class="num">0.80x</td>' in html_row.group(1)
+    assert html_row is not None and '>62.5 ±1 %</td><td class="num">0.80x</td>' in html_row.group(1)
 
 
 def test_accuracy_charts_skip_rows_without_accuracy(tmp_path: Path) -> None:
