@@ -65,18 +65,23 @@ def llama_bench(llama_cpp_dir, gguf, threads: int, n_prompt: int, n_gen: int, re
     tg after an `n_prompt`-token prompt is in the KV cache (``-d``); llama-bench's default tg starts
     from an empty cache, where attention is cheaper.
     """
-    out = subprocess.run(
-        [str(tool(llama_cpp_dir, "llama-bench")), "-m", str(gguf), "-t", str(threads), "-p", str(n_prompt),
-         "-n", str(n_gen), "-d", f"0,{n_prompt}", "-r", str(reps), "-o", "json"],
-        capture_output=True, text=True, timeout=1800, check=False,
-    )  # fmt: skip
-    if out.returncode != 0:
-        raise RuntimeError(f"llama-bench failed (exit {out.returncode}): {out.stderr.strip()[-300:]}")
+    records = []
+    # Two runs: llama-bench crosses -d with -p and -n, so one run would also time pp at depth n_prompt
+    # and tg at depth 0, which nothing uses.
+    for p, n, d in ((n_prompt, 0, 0), (0, n_gen, n_prompt)):
+        out = subprocess.run(
+            [str(tool(llama_cpp_dir, "llama-bench")), "-m", str(gguf), "-t", str(threads), "-p", str(p),
+             "-n", str(n), "-d", str(d), "-r", str(reps), "-o", "json"],
+            capture_output=True, text=True, timeout=1800, check=False,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"llama-bench failed (exit {out.returncode}): {out.stderr.strip()[-300:]}")
+        records += json.loads(out.stdout)
     res = {}
-    for rec in json.loads(out.stdout):
+    for rec in records:
         key = "pp" if rec["n_prompt"] and not rec["n_gen"] else "tg"
         if rec.get("n_depth", 0) != (n_prompt if key == "tg" else 0):
-            continue  # llama-bench crosses -d with both tests: keep pp at depth 0 and tg at the prompt's depth
+            continue
         res[f"{key}_tps"] = float(rec["avg_ts"])
         res[f"{key}_sd"] = float(rec["stddev_ts"])
         res[f"{key}_tokens"] = int(rec["n_prompt"] or rec["n_gen"])

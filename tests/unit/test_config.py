@@ -215,3 +215,14 @@ def test_data_files_with_unusable_content(tiny_hf, tiny_data, tmp_path, field, c
     data = {**_data(tiny_data), field: bad}
     msg = broken(lambda c: c["models"].append(_local_model(tiny_hf, data)))
     assert msg.startswith(f"config key models[1].data.{field}: {bad}") and expect in msg
+
+
+def test_gptq_settings_are_validated_and_complete():
+    from quantflow.gptq import DEFAULTS, settings_of
+
+    cfg = validate(copy.deepcopy(DEFAULT))
+    assert set(cfg["gptq"]) == set(DEFAULTS) and settings_of(cfg["gptq"]) == cfg["gptq"]
+    assert broken(lambda c: c.__setitem__("gptq", {"groupsize": 64})).startswith(
+        "config key gptq: unknown key(s) groupsize"
+    )
+    assert broken(lambda c: c.__setitem__("gptq", {"damp_percent": 2})).startswith("config key gptq.damp_percent:")
