@@ -19,7 +19,8 @@ derived from Snakemake's own records and the output files.
   ``output``), finished ("Finished jobid: N") and failed ("Error in rule X:" blocks) in this run,
   plus the Snakefile and config files the run used (so ``--configfile`` rarely needs repeating).
 - ``.snakemake/locks/``: not empty while a Snakemake process holds the directory.
-- ``results/**/bench/*.json``: each finished variant's decode tok/s, KL, accuracy and answers.
+- ``results/**/bench/*.json``: each finished variant's decode tok/s, KL, accuracy and answers; the answer
+  similarity from ``results/**/similarity.json`` once a fine-tune's variants are all measured.
 
 A job (the outputs one rule invocation writes) is
 
@@ -54,6 +55,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from quantflow.similarity import merge
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +372,8 @@ def variant_rows(results: Iterable[tuple[str, Mapping[str, Any]]]) -> list[dict[
                 "decode_tps": decode.get("median"),
                 "kl_mean": quality.get("kl_mean"),
                 "accuracy": quality.get("accuracy"),
+                # from the fine-tune's similarity.json, once all its variants are measured
+                "similarity_mean": quality.get("similarity_mean"),
                 "answers": answers,
             }
         )
@@ -387,6 +392,19 @@ def read_results(workdir: Path) -> list[tuple[str, Mapping[str, Any]]]:
             continue  # written atomically, so this is a file being replaced right now
         if isinstance(doc, Mapping):
             out.append((str(path.relative_to(workdir)), doc))
+    tables = {}
+    for path in (workdir / "results").glob("**/similarity.json"):
+        try:
+            t = json.loads(path.read_text(encoding="utf-8"))
+            tables[(t["model"], t["ft"])] = t
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            continue
+    for _, doc in out:
+        if isinstance(doc.get("quality"), dict) and isinstance(doc.get("answers"), list):
+            try:
+                merge(doc, tables.get((doc.get("model"), doc.get("ft"))) or {})
+            except (KeyError, TypeError, AttributeError):
+                continue  # a table of another shape: shown without similarity
     return out
 
 

@@ -316,6 +316,13 @@ def test_variant_rows_from_results(tmp_path: Path) -> None:
     assert [r["variant"] for r in rows] == ["gguf-Q4_K_M", "gguf-f16"]
     assert rows[0]["decode_tps"] == 123.4 and rows[0]["kl_mean"] == 0.012 and rows[0]["accuracy"] == 0.25
     assert [a["correct"] for a in rows[0]["answers"]] == [True, False]
+    assert rows[0]["similarity_mean"] is None  # no similarity table yet
+    entry = {"similarity_mean": 0.75, "similarity_min": 0.5, "answers": {"q1": 0.5}}
+    table = {"model": "tiny", "ft": "base", "similarity_model": "m", "variants": {"gguf-Q4_K_M": entry}}
+    (tmp_path / "results" / "tiny" / "base" / "similarity.json").write_text(json.dumps(table), encoding="utf-8")
+    rows = live.variant_rows(live.read_results(tmp_path))
+    assert rows[0]["similarity_mean"] == 0.75 and rows[1]["similarity_mean"] is None
+    assert "0.750" in live.render_page(live.Monitor(tmp_path, run_summary=False).refresh(), refresh_s=5)
 
 
 def test_snapshot_and_page(tmp_path: Path) -> None:
