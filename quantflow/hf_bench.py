@@ -330,13 +330,25 @@ def _measure_speed(
     return speed, memory
 
 
-def measure_speed_isolated(
-    hf_dir: str | Path, variant: str, cfg: dict, threads: int, prompt_ids: list[int], suite: list[dict]
-) -> tuple[dict, dict]:
-    """:func:`measure_speed` in a fresh interpreter (``python -m quantflow.hf_bench``).
+def measure_isolated(
+    hf_dir: str | Path,
+    variant: str,
+    cfg: dict,
+    threads: int,
+    prompt_ids: list[int],
+    suite: list[dict],
+    reference_path: str | Path | None = None,
+    test: list[dict] | None = None,
+) -> dict:
+    """:func:`measure_speed` in a fresh interpreter (``python -m quantflow.hf_bench``), then, in the same
+    interpreter, with ``reference_path``: quality, answers to ``test`` and the loaded model's size.
 
     As for the GGUF bench: measured inside the Snakemake script process, peak RSS would include
-    Snakemake's own imports and whatever earlier steps allocated.
+    Snakemake's own imports and whatever earlier steps allocated. The peak is read when the speed
+    protocol ends, before the quality passes; doing them in the same process saves a second import of
+    torch and transformers (~5 s on two cores) per job.
+    Returns {"speed", "memory"} and, with ``reference_path``, {"quality", "answers", "size", "n_params",
+    "kernel", "device"}.
     """
     payload = {
         "hf_dir": str(hf_dir),
@@ -345,13 +357,34 @@ def measure_speed_isolated(
         "threads": threads,
         "prompt": prompt_ids,
         "suite": suite,
+        "reference": None if reference_path is None else str(reference_path),
+        "test": test or [],
     }
-    out = run_isolated("quantflow.hf_bench", payload, f"{variant} ({hf_dir})")
-    return out["speed"], out["memory"]
+    return run_isolated("quantflow.hf_bench", payload, f"{variant} ({hf_dir})")
+
+
+def quality_and_answers(hf_dir: str | Path, variant: str, ref: dict, test: list[dict], cfg: dict, threads: int) -> dict:
+    """Quality against the reference, checked answers and the size figures, from one load of the variant."""
+    model, tok = load_hf(hf_dir, variant, threads)
+    quality = quality_of(model, ref)
+    answers, acc = answers_of(model, tok, test, cfg)
+    quality.update(acc)
+    # bitsandbytes quantizes at load: there is no file of the variant, so its size is the loaded
+    # model's parameters and buffers (get_memory_footprint; bnb's quantization constants excluded).
+    # GPTQ has a checkpoint: its weights' bytes on disk, as for a GGUF file.
+    if variant == "hf-gptq4":
+        size = sum(f.stat().st_size for f in Path(hf_dir).glob("*.safetensors"))
+    else:
+        size = int(model.get_memory_footprint())
+    out = {"quality": quality, "answers": answers, "size": size, "n_params": n_params(model),
+           "kernel": quant_kernel(model), "device": device_name()}  # fmt: skip
+    del model, tok
+    _free_memory()
+    return out
 
 
 def _main() -> None:
-    """Entry point of the isolated speed measurement: JSON job on stdin, JSON result on stdout."""
+    """Entry point of the isolated measurement: JSON job on stdin, JSON result on stdout."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     from transformers.utils import logging as hf_logging
 
@@ -360,7 +393,11 @@ def _main() -> None:
     speed, memory = measure_speed(
         job["hf_dir"], job["variant"], job["cfg"], job["threads"], job["prompt"], job["suite"]
     )
-    sys.stdout.write(json.dumps({"speed": speed, "memory": memory}))
+    out = {"speed": speed, "memory": memory}
+    if job.get("reference"):
+        ref = load_reference(job["reference"])
+        out |= quality_and_answers(job["hf_dir"], job["variant"], ref, job["test"], job["cfg"], job["threads"])
+    sys.stdout.write(json.dumps(out))
 
 
 class _Scores:
@@ -466,33 +503,19 @@ def run_hf_variant(
         raise ValueError("the prompt suite is empty: latency and answers need at least one prompt")
     ref = load_reference(reference_path)
     prompt = [int(t) for t in ref["chunks"].reshape(-1)[: cfg["prompt_tokens"]]]
-    speed, memory = measure_speed_isolated(hf_dir, variant, cfg, threads, prompt, prompts)
-    model, tok = load_hf(hf_dir, variant, threads)
-    quality = quality_of(model, ref)
-    answers, acc = answers_of(model, tok, test, cfg)
-    quality.update(acc)
-    # bitsandbytes quantizes at load: there is no file of the variant, so its size is the loaded
-    # model's parameters and buffers (get_memory_footprint; bnb's quantization constants excluded).
-    # GPTQ has a checkpoint: its weights' bytes on disk, as for a GGUF file.
-    if variant == "hf-gptq4":
-        size = sum(f.stat().st_size for f in Path(hf_dir).glob("*.safetensors"))
-    else:
-        size = int(model.get_memory_footprint())
-    count = n_params(model)
-    kernel = quant_kernel(model)
-    del model, tok
-    _free_memory()
+    m = measure_isolated(hf_dir, variant, cfg, threads, prompt, prompts, reference_path, test)
+    size, count = m["size"], m["n_params"]
     return {
         **head,
         "status": "ok",
         "reason": None,
-        "device": device_name(),
-        "kernel": kernel,
+        "device": m["device"],
+        "kernel": m["kernel"],
         "file": {"path": str(hf_dir), "bytes": size, "n_params": count, "bits_per_weight": 8.0 * size / count},
-        "speed": speed,
-        "memory": memory,
-        "quality": quality,
-        "answers": answers,
+        "speed": m["speed"],
+        "memory": m["memory"],
+        "quality": m["quality"],
+        "answers": m["answers"],
     }
 
 
