@@ -21,6 +21,20 @@ TINY_SIZES = dict(
     prompts=7,
 )
 
+# Bench settings for the tiny model (HF and GPTQ bench tests): short, but the whole protocol.
+TINY_BENCH = dict(
+    n_ctx=64,
+    max_chunks=2,
+    topk=16,
+    prompt_tokens=16,
+    gen_tokens=8,
+    warmup=1,
+    repetitions=3,
+    max_repetitions=4,
+    target_ci=0.03,
+    max_answer_tokens=4,
+)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

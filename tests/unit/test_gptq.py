@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TINY_BENCH
 from safetensors import safe_open
 
 from quantflow import bench, gptq, hf_bench
@@ -21,18 +22,7 @@ needs_gptq = pytest.mark.skipif(
 )
 # Small groups, so that the tiny model's 256- and 512-wide rows hold several each.
 SETTINGS = {"group_size": 64}
-CFG = dict(
-    n_ctx=64,
-    max_chunks=2,
-    topk=16,
-    prompt_tokens=16,
-    gen_tokens=8,
-    warmup=1,
-    repetitions=3,
-    max_repetitions=4,
-    target_ci=0.03,
-    max_answer_tokens=4,
-)
+CFG = TINY_BENCH
 
 
 def test_settings():

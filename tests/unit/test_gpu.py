@@ -11,6 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import TINY_BENCH  # noqa: E402
+
 from quantflow import bench, gptq, hf_bench  # noqa: E402
 from quantflow.data import read_jsonl  # noqa: E402
 from quantflow.finetune import merge, train  # noqa: E402
@@ -22,18 +24,7 @@ pytestmark = [
 ]
 log = logging.getLogger(__name__)
 
-CFG = dict(
-    n_ctx=64,
-    max_chunks=2,
-    topk=16,
-    prompt_tokens=16,
-    gen_tokens=8,
-    warmup=1,
-    repetitions=3,
-    max_repetitions=4,
-    target_ci=0.03,
-    max_answer_tokens=4,
-)
+CFG = TINY_BENCH
 META = {"model": "t", "ft": "base"}
 
 

@@ -7,23 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY_BENCH
 
 from quantflow import bench, hf_bench
 from quantflow.data import read_jsonl
 from quantflow.results import SCHEMA, validate
 
-CFG = dict(
-    n_ctx=64,
-    max_chunks=2,
-    topk=16,
-    prompt_tokens=16,
-    gen_tokens=8,
-    warmup=1,
-    repetitions=3,
-    max_repetitions=4,
-    target_ci=0.03,
-    max_answer_tokens=4,
-)
+CFG = TINY_BENCH
 META = {"model": "t", "ft": "base"}
 RUNNABLE = ("hf-fp32", "hf-bnb8", "hf-nf4")
 
