@@ -337,18 +337,17 @@ def measure_isolated(
     threads: int,
     prompt_ids: list[int],
     suite: list[dict],
-    reference_path: str | Path | None = None,
-    test: list[dict] | None = None,
+    reference_path: str | Path,
+    test: list[dict],
 ) -> dict:
     """:func:`measure_speed` in a fresh interpreter (``python -m quantflow.hf_bench``), then, in the same
-    interpreter, with ``reference_path``: quality, answers to ``test`` and the loaded model's size.
+    interpreter, quality against ``reference_path``, answers to ``test`` and the loaded model's size.
 
     As for the GGUF bench: measured inside the Snakemake script process, peak RSS would include
     Snakemake's own imports and whatever earlier steps allocated. The peak is read when the speed
     protocol ends, before the quality passes; doing them in the same process saves a second import of
     torch and transformers (~5 s on two cores) per job.
-    Returns {"speed", "memory"} and, with ``reference_path``, {"quality", "answers", "size", "n_params",
-    "kernel", "device"}.
+    Returns {"speed", "memory", "quality", "answers", "size", "n_params", "kernel", "device"}.
     """
     payload = {
         "hf_dir": str(hf_dir),
@@ -357,8 +356,8 @@ def measure_isolated(
         "threads": threads,
         "prompt": prompt_ids,
         "suite": suite,
-        "reference": None if reference_path is None else str(reference_path),
-        "test": test or [],
+        "reference": str(reference_path),
+        "test": test,
     }
     return run_isolated("quantflow.hf_bench", payload, f"{variant} ({hf_dir})")
 
@@ -393,11 +392,9 @@ def _main() -> None:
     speed, memory = measure_speed(
         job["hf_dir"], job["variant"], job["cfg"], job["threads"], job["prompt"], job["suite"]
     )
-    out = {"speed": speed, "memory": memory}
-    if job.get("reference"):
-        ref = load_reference(job["reference"])
-        out |= quality_and_answers(job["hf_dir"], job["variant"], ref, job["test"], job["cfg"], job["threads"])
-    sys.stdout.write(json.dumps(out))
+    ref = load_reference(job["reference"])
+    out = quality_and_answers(job["hf_dir"], job["variant"], ref, job["test"], job["cfg"], job["threads"])
+    sys.stdout.write(json.dumps({"speed": speed, "memory": memory, **out}))
 
 
 class _Scores:
