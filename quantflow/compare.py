@@ -41,7 +41,7 @@ from typing import Any
 
 from quantflow.report import MISSING, _jinja_env, load_results, write_atomic
 from quantflow.results import SCHEMA
-from quantflow.similarity import merge_tables, read_tables
+from quantflow.similarity import merge_tables, read_tables, table_paths
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def find_results(root: str | Path) -> list[Path]:
 
 def load_tree(root: str | Path) -> list[dict[str, Any]]:
     """The results under ``root``, each validated and merged with its model / fine-tune's similarity table."""
-    tables = read_tables(sorted(p for p in Path(root).glob("**/similarity.json") if not p.name.startswith(".")))
+    tables = read_tables(table_paths(root))
     return merge_tables(load_results(find_results(root), SCHEMA), tables)
 
 

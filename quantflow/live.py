@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantflow.similarity import merge
+from quantflow.similarity import merge_tables, read_tables, table_paths
 
 log = logging.getLogger(__name__)
 
@@ -392,19 +392,10 @@ def read_results(workdir: Path) -> list[tuple[str, Mapping[str, Any]]]:
             continue  # written atomically, so this is a file being replaced right now
         if isinstance(doc, Mapping):
             out.append((str(path.relative_to(workdir)), doc))
-    tables = {}
-    for path in (workdir / "results").glob("**/similarity.json"):
-        try:
-            t = json.loads(path.read_text(encoding="utf-8"))
-            tables[(t["model"], t["ft"])] = t
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-            continue
-    for _, doc in out:
-        if isinstance(doc.get("quality"), dict) and isinstance(doc.get("answers"), list):
-            try:
-                merge(doc, tables.get((doc.get("model"), doc.get("ft"))) or {})
-            except (KeyError, TypeError, AttributeError):
-                continue  # a table of another shape: shown without similarity
+    try:
+        merge_tables([doc for _, doc in out], read_tables(table_paths(workdir / "results")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        pass  # a table of another shape (or removed meanwhile): the page shows no similarity, not an error
     return out
 
 

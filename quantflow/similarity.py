@@ -141,6 +141,11 @@ def merge_tables(results: Sequence[dict], tables: Mapping[tuple[str, str], Mappi
     return list(results)
 
 
+def table_paths(root: str | Path) -> list[Path]:
+    """The similarity.json files of a results tree (the similarity rule writes them atomically)."""
+    return sorted(Path(root).glob("**/similarity.json"))
+
+
 def read_tables(paths: Sequence[str | Path]) -> dict[tuple[str, str], dict]:
     """similarity.json files (as the similarity rule writes them), keyed by their (model, ft)."""
     out = {}
@@ -148,17 +153,6 @@ def read_tables(paths: Sequence[str | Path]) -> dict[tuple[str, str], dict]:
         t = json.loads(Path(p).read_text(encoding="utf-8"))
         out[(t["model"], t["ft"])] = t
     return out
-
-
-def add_similarity(result: dict, reference_answers: str | Path, threads: int | None = None) -> dict:
-    """Score one result against the reference answers file and merge the figures into it; returns it.
-
-    ``reference_answers``: the JSON the reference rule writes (``{"answers": [...]}``).
-    """
-    if result.get("status") != "ok" or not result.get("answers"):
-        return result
-    ref = json.loads(Path(reference_answers).read_text(encoding="utf-8"))["answers"]
-    return merge(result, score([result], ref, threads))
 
 
 def write_reference_answers(path: str | Path, answers: list[dict], meta: Mapping) -> None:

@@ -56,7 +56,8 @@ def test_reference_answers_and_similarity_of_a_quantized_variant(tiny_f16, tiny_
         rows, acc = bench.answer_tasks(path, items, CFG, threads=2)
         r = {"schema_version": 1, "model": "t", "ft": "base", "variant": f"gguf-{name}", "format": "gguf",
              "status": "ok", "provenance": {}, "quality": acc, "answers": rows}  # fmt: skip
-        results[name] = similarity.add_similarity(r, ref_path, threads=2)
+        ref_answers = json.loads(ref_path.read_text())["answers"]
+        results[name] = similarity.merge(r, similarity.score([r], ref_answers, threads=2))
         validate(r)
     f16, q3 = results["f16"]["quality"], results["Q3_K_M"]["quality"]
     # the f16 answers again, deterministically: identical to the reference
@@ -70,9 +71,11 @@ def test_reference_answers_and_similarity_of_a_quantized_variant(tiny_f16, tiny_
           f"{len(changed)}/{len(sims)} changed")  # fmt: skip
 
 
-def test_failed_results_are_left_alone(tmp_path):
-    r = {"status": "not_run", "reason": "no GPU"}
-    assert similarity.add_similarity(r, tmp_path / "absent.json") == {"status": "not_run", "reason": "no GPU"}
+def test_failed_results_are_left_alone():
+    r = {"variant": "hf-nf4", "status": "not_run", "reason": "no GPU"}
+    table = similarity.score([r], [{"id": "1", "answer": "x"}])  # nothing to embed: no model loaded
+    assert table["variants"] == {}
+    assert similarity.merge(r, table) == {"variant": "hf-nf4", "status": "not_run", "reason": "no GPU"}
 
 
 def test_score_and_merge_one_table_for_many_results(model, tmp_path):
