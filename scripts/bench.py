@@ -1,9 +1,10 @@
 """Benchmark one variant (speed, memory, quality, task answers) into one result JSON.
 
-Snakemake rule `bench`: input.model (a GGUF file, or the HF directory for hf-* variants),
-input.reference, input.test, input.prompts (prompt suites: YAML or JSONL); output.json; params.bench,
-params.quant, params.llama_cpp_dir; threads (the whole machine: a bench job runs alone). The answers'
-similarity to the f16's is scored afterwards, for all variants at once (rule `similarity`).
+Snakemake rule `bench`: input.model (a GGUF file, or the HF directory for hf-* variants), input.plan
+(a quantized GGUF's plan, from rule quantize), input.reference, input.test, input.prompts (prompt
+suites: YAML or JSONL); output.json; params.bench, params.quant, params.llama_cpp_dir; threads (the
+whole machine: a bench job runs alone). The answers' similarity to the f16's is scored afterwards, for
+all variants at once (rule `similarity`).
 """
 
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from quantflow import provenance
 from quantflow.failures import check_model_input, failed_result
 from quantflow.logs import to_file
+from quantflow.quantize import gguf_plan
 from quantflow.results import validate, write_json
 from quantflow.suites import load_suite
 
@@ -35,6 +37,8 @@ try:  # one variant's failure is recorded as its result (status failed, why), ne
 
         result = run_variant(sm.input.model, sm.input.reference, test, prompts, sm.params.bench, threads, dict(meta),
                              llama_cpp_dir=sm.params.llama_cpp_dir)  # fmt: skip
+    if result["format"] == "gguf":  # what llama.cpp wrote, tensor by tensor (f16: read from the file)
+        result["file"]["plan"] = gguf_plan(sm.input.model, sm.input.plan or None, sm.params.quant)
 except Exception as e:  # noqa: BLE001 - SIGKILL and Ctrl-C are not caught: those jobs are redone next run
     result = failed_result(meta, e)
 result["provenance"] = provenance.collect(sm.config, sm.params.llama_cpp_dir, threads)

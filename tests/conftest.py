@@ -69,6 +69,7 @@ def build_tiny_hf(
     layers: int = 2,
     seed: int = 0,
     arch: str = "llama",
+    tied: bool = False,
 ) -> Path:
     """A randomly initialised tiny model saved like a real checkpoint (weights + tokenizer.model)."""
     import torch
@@ -84,11 +85,11 @@ def build_tiny_hf(
         hidden_size=hidden,
         intermediate_size=ffn,
         num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        num_key_value_heads=hidden // 64,
+        num_attention_heads=max(1, hidden // 64),
+        num_key_value_heads=max(1, hidden // 64),
         head_dim=64,
         max_position_embeddings=256,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=3,

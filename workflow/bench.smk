@@ -29,6 +29,7 @@ rule reference:
 rule bench:
     input:
         model=get_variant_model,
+        plan=get_plan,
         reference=rules.reference.output.npz,
         test=lambda w: suites.input_path(MODELS[w.model], get_data("test")(w)),
         prompts=lambda w: suites.input_path(MODELS[w.model], get_data("prompts")(w)),

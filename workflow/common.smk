@@ -4,7 +4,13 @@ import sys
 from pathlib import Path
 
 from quantflow import provenance
-from quantflow.config import ConfigError, IMAT_SUFFIX, load_and_validate, quant_variants
+from quantflow.config import (
+    ConfigError,
+    IMAT_SUFFIX,
+    load_and_validate,
+    model_warnings,
+    quant_variants,
+)
 from quantflow.gptq import installed as gptq_installed
 
 try:
@@ -15,6 +21,8 @@ try:
     )
 except ConfigError as e:
     sys.exit(f"quantflow: {e}")
+for _warning in model_warnings(config, Path.cwd()):
+    print(f"quantflow: warning: {_warning}", file=sys.stderr)
 
 MODELS = {m["name"]: m for m in config["models"]}
 FINETUNES = {f["name"]: f for f in config["finetunes"]}
@@ -116,6 +124,14 @@ def get_variant_model(wildcards):
     if quant == "f16":
         return rules.convert.output.gguf
     return rules.quantize.output.gguf.replace("{quant}", quant)
+
+
+def get_plan(wildcards):
+    """A quantized GGUF variant's plan (rule quantize: each tensor's real type, fallbacks and why)."""
+    quant = wildcards.variant.removeprefix("gguf-")
+    if wildcards.variant.startswith("hf-") or quant == "f16":
+        return []
+    return rules.quantize.output.plan.replace("{quant}", quant)
 
 
 def get_imatrix(wildcards):

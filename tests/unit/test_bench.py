@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import LLAMA_CPP_DIR
 
 from quantflow import bench, stats
 from quantflow.data import read_jsonl
@@ -51,7 +52,7 @@ def test_kl_grows_as_bits_shrink(tiny_f16, reference, tmp_path):
     ref = bench.load_reference(reference)
     kl = {}
     for t in ("Q8_0", "Q4_K_M", "Q3_K_M"):
-        quantize(tiny_f16, tmp_path / f"{t}.gguf", {"type": t}, threads=2)
+        quantize(tiny_f16, tmp_path / f"{t}.gguf", {"type": t}, 2, LLAMA_CPP_DIR)
         kl[t] = bench.measure_quality(tmp_path / f"{t}.gguf", ref, CFG, threads=2)["kl_mean"]
     assert 0 < kl["Q8_0"] < kl["Q4_K_M"] < kl["Q3_K_M"]
     q3 = bench.measure_quality(tmp_path / "Q3_K_M.gguf", ref, CFG, threads=2)
@@ -60,7 +61,7 @@ def test_kl_grows_as_bits_shrink(tiny_f16, reference, tmp_path):
 
 def test_topk_kl_close_to_full_kl_on_real_logits(tiny_f16, tiny_data, tmp_path):
     """The stored top-k reference under-estimates KL by a bounded, small amount."""
-    quantize(tiny_f16, tmp_path / "q.gguf", {"type": "Q3_K_M"}, threads=2)
+    quantize(tiny_f16, tmp_path / "q.gguf", {"type": "Q3_K_M"}, 2, LLAMA_CPP_DIR)
     text = tiny_data["heldout"].read_text()
     ref_llm = bench.load(tiny_f16, CFG["n_ctx"], 2, logits_all=True)
     q_llm = bench.load(tmp_path / "q.gguf", CFG["n_ctx"], 2, logits_all=True)
@@ -177,7 +178,7 @@ def test_topk_kl_bound_on_a_trained_model(trained_f16, tiny_data, tmp_path):
     5 % of the full-vocabulary mean once every token's tail holds under 10 % of the reference's mass,
     within 1 % under 5 %, and within 1 % under 0.1 %.
     """
-    quantize(trained_f16, tmp_path / "q4.gguf", {"type": "Q4_K_M"}, threads=2)
+    quantize(trained_f16, tmp_path / "q4.gguf", {"type": "Q4_K_M"}, 2, LLAMA_CPP_DIR)
     ref_llm = bench.load(trained_f16, CFG["n_ctx"], 2, logits_all=True)
     q_llm = bench.load(tmp_path / "q4.gguf", CFG["n_ctx"], 2, logits_all=True)
     toks = ref_llm.tokenize(tiny_data["heldout"].read_text().encode(), add_bos=True)
