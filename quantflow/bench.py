@@ -70,6 +70,12 @@ def last_logits(llm) -> np.ndarray:
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
 
 
+def encode(llm, item: dict) -> list[int]:
+    """A suite item's tokens, as the HF path makes them (prompt_format.render_item): the rendered text, its
+    special tokens parsed as such, BOS added only where the item says."""
+    return llm.tokenize(item["prompt"].encode("utf-8"), add_bos=item.get("add_bos", True), special=True)
+
+
 def greedy(llm, prompt_tokens: list[int], max_new: int, stop_newline: bool = True) -> tuple[list[int], float, float]:
     """Greedy decoding by argmax (deterministic, no sampler state).
 
@@ -185,7 +191,7 @@ def _measure_speed(
         if len(tg) >= reps and stats.converged(tg, cfg["target_ci"]):
             break
     ttft, lat = [], []
-    suite_tokens = [llm.tokenize(s["prompt"].encode(), add_bos=True) for s in suite]
+    suite_tokens = [encode(llm, s) for s in suite]
     for i in range(warm + reps):
         for toks in suite_tokens:
             _, t_first, t_all = greedy(llm, toks, cfg["max_answer_tokens"])
@@ -348,8 +354,7 @@ def answer_tasks(path: str | Path, items: list[dict], cfg: dict, threads: int) -
     llm = load(path, cfg["n_ctx"], threads)
     rows = []
     for it in items:
-        toks = llm.tokenize(it["prompt"].encode(), add_bos=True)
-        out, _, _ = greedy(llm, toks, cfg["max_answer_tokens"])
+        out, _, _ = greedy(llm, encode(llm, it), cfg["max_answer_tokens"])
         text = first_line(llm.detokenize(out).decode("utf-8", errors="replace"))
         rows.append(
             {

@@ -172,8 +172,10 @@ def _stop_ids(tok) -> list[int]:
     return [t for t in (tok.eos_token_id, nl) if t is not None]
 
 
-def _encode(tok, text: str) -> list[int]:
-    return tok(text, add_special_tokens=True).input_ids  # adds BOS, as llama.cpp's add_bos=True
+def _encode(tok, item: dict) -> list[int]:
+    """A suite item's tokens, as bench.encode makes them on the GGUF path (the same rendered text; BOS
+    added only where the item says)."""
+    return tok(item["prompt"], add_special_tokens=item.get("add_bos", True)).input_ids
 
 
 def _generate_kwargs(tok, ids: list[int], max_new: int, device) -> dict:
@@ -306,7 +308,7 @@ def _measure_speed(
         if len(tg) >= reps and stats.converged(tg, cfg["target_ci"]):
             break
     ttft, lat = [], []
-    suite_tokens = [_encode(tok, s["prompt"]) for s in suite]
+    suite_tokens = [_encode(tok, s) for s in suite]
     for i in range(warm + reps):
         for ids in suite_tokens:
             _, t_first, t_all = stream_greedy(model, tok, ids, cfg["max_answer_tokens"])
@@ -446,7 +448,7 @@ def answers_of(model, tok, items: list[dict], cfg: dict) -> tuple[list[dict], di
     """Greedy answers of a loaded model to the test set, checked; accuracy overall and per category."""
     rows = []
     for it in items:
-        out = greedy_ids(model, tok, _encode(tok, it["prompt"]), cfg["max_answer_tokens"])
+        out = greedy_ids(model, tok, _encode(tok, it), cfg["max_answer_tokens"])
         # HF's decoder, not llama.cpp's: they differ only on byte tokens that are not valid UTF-8 (see report)
         text = first_line(tok.decode(out, skip_special_tokens=True))
         rows.append(

@@ -1,8 +1,8 @@
 """Benchmark one variant (speed, memory, quality, task answers) into one result JSON.
 
 Snakemake rule `bench`: input.model (a GGUF file, or the HF directory for hf-* variants), input.plan
-(a quantized GGUF's plan, from rule quantize), input.reference, input.test, input.prompts (prompt
-suites: YAML or JSONL); output.json; params.bench, params.quant, params.llama_cpp_dir; threads (the
+(a quantized GGUF's plan, from rule quantize), input.reference, input.test, input.prompts (suites as
+rule render_suites wrote them); output.json; params.bench, params.quant, params.llama_cpp_dir; threads (the
 whole machine: a bench job runs alone). The answers' similarity to the f16's is scored afterwards, for
 all variants at once (rule `similarity`).
 """
@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from quantflow import provenance
 from quantflow.failures import check_model_input, failed_result
 from quantflow.logs import to_file
+from quantflow.prompt_format import load_rendered
 from quantflow.quantize import gguf_plan
 from quantflow.results import validate, write_json
-from quantflow.suites import load_suite
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 to_file(sm.log[0])
@@ -26,7 +26,7 @@ if not variant.startswith("hf-"):
     meta["quant"] = sm.params.quant
 try:  # one variant's failure is recorded as its result (status failed, why), never the others' end
     check_model_input(sm.input.model, variant)  # complete file, fits in free memory: before loading it
-    test, prompts = load_suite(sm.input.test), load_suite(sm.input.prompts)
+    test, prompts = load_rendered(sm.input.test), load_rendered(sm.input.prompts)
     if variant.startswith("hf-"):
         from quantflow.hf_bench import run_hf_variant
 

@@ -107,6 +107,22 @@ def build_tiny_hf(
 
 
 @pytest.fixture(scope="session")
+def qwen2_tokenizer(tmp_path_factory) -> Path:
+    """The real Qwen2 tokenizer (byte-level BPE, ChatML template), from llama.cpp's vocab GGUF (~30 s)."""
+    import real_models
+
+    return real_models.save_tokenizer("qwen2", tmp_path_factory.mktemp("qwen2-tok"))
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer(tmp_path_factory) -> Path:
+    """The real Llama 3 tokenizer (byte-level BPE, BOS added), from llama.cpp's vocab GGUF (~30 s)."""
+    import real_models
+
+    return real_models.save_tokenizer("llama3", tmp_path_factory.mktemp("llama3-tok"))
+
+
+@pytest.fixture(scope="session")
 def tiny_hf(tiny_tokenizer, tmp_path_factory) -> Path:
     return build_tiny_hf(tiny_tokenizer, tmp_path_factory.mktemp("hf"))
 
