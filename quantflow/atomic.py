@@ -73,6 +73,11 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_json(path: str | Path, obj, **kwargs) -> None:
     write_text(path, json.dumps(obj, indent=2, **kwargs))
 

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantflow.report import MISSING, _jinja_env, load_results, write_atomic
-from quantflow.results import SCHEMA
-from quantflow.similarity import merge_tables, read_tables, table_paths
+from quantflow import templating
+from quantflow.results import load_tree
+from quantflow.templating import MISSING
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +90,6 @@ Key = tuple[str, str, str]
 # --------------------------------------------------------------------------------------------
 # Pure comparison
 # --------------------------------------------------------------------------------------------
-
-
-def find_results(root: str | Path) -> list[Path]:
-    """Every ``**/bench/*.json`` under ``root``, sorted (partial ``.*.partial`` files excluded)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a directory (expected a results tree like results/)")
-    return sorted(p for p in root.glob("**/bench/*.json") if not p.name.startswith("."))
-
-
-def load_tree(root: str | Path) -> list[dict[str, Any]]:
-    """The results under ``root``, each validated and merged with its model / fine-tune's similarity table."""
-    tables = read_tables(table_paths(root))
-    return merge_tables(load_results(find_results(root), SCHEMA), tables)
 
 
 def _by_key(results: Sequence[Mapping[str, Any]]) -> dict[Key, Mapping[str, Any]]:
@@ -307,8 +293,6 @@ def render_compare(
     summary_b: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Path]:
     """Write compare.md and compare.html into ``out_dir`` (atomically); return their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rows = [_view_row(r) for r in comparison["rows"]]
     fields = list(dict.fromkeys([k for k, _ in summary_a] + [k for k, _ in summary_b]))
     da, db = dict(summary_a), dict(summary_b)
@@ -326,16 +310,8 @@ def render_compare(
         "not_ok": [("/".join(n["key"]), n["a"], n["b"]) for n in comparison["not_ok"]],
         "runs": [(f, da.get(f, MISSING), db.get(f, MISSING)) for f in fields],
     }
-    env = _jinja_env()
-    texts = {
-        "compare.md": env.get_template("compare.md.j2").render(context),
-        "compare.html": env.get_template("compare.html.j2").render(context),
-    }
-    paths = {}
-    for name, text in texts.items():
-        paths[name] = out / name
-        write_atomic(paths[name], text.encode("utf-8"))
-    return paths
+    texts = {name: templating.render(f"{name}.j2", context) for name in ("compare.md", "compare.html")}
+    return templating.write_files(out_dir, texts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

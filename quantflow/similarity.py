@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import atomic
+
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -157,7 +159,5 @@ def read_tables(paths: Sequence[str | Path]) -> dict[tuple[str, str], dict]:
 
 def write_reference_answers(path: str | Path, answers: list[dict], meta: Mapping) -> None:
     """The f16 GGUF's greedy answers, as the reference every variant's similarity is measured against."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.partial")
-    tmp.write_text(json.dumps({**meta, "variant": "gguf-f16", "answers": answers}, indent=1, ensure_ascii=False))
-    tmp.replace(p)
+    doc = {**meta, "variant": "gguf-f16", "answers": answers}
+    atomic.write_text(path, json.dumps(doc, indent=1, ensure_ascii=False))

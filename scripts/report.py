@@ -9,15 +9,13 @@ params.report (the config's `report:` block: KL floor and budgets).
 import json
 from pathlib import Path
 
-from quantflow import provenance
+from quantflow import provenance, results
 from quantflow.logs import to_file
-from quantflow.report import load_results, render
-from quantflow.results import SCHEMA
-from quantflow.similarity import merge_tables, read_tables
+from quantflow.report import render
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 to_file(sm.log[0])
-results = merge_tables(load_results(sm.input.results, SCHEMA), read_tables(sm.input.similarity))
+measured = results.load(sm.input.results, sm.input.similarity)
 training = [json.loads(Path(p).read_text()) for p in sm.input.training]
 for t in training:
     t.pop("loss_curve", None)
@@ -26,6 +24,6 @@ run.pop("threads")
 budgets = dict(sm.params.report)
 floor = budgets.pop("quality_floor_kl")
 out_dir = Path(sm.output.md).parent
-paths = render(results, training, run, out_dir, floor, budgets)
+paths = render(measured, training, run, out_dir, floor, budgets)
 expected = {Path(p) for p in (sm.output.md, sm.output.html, sm.output.csv, sm.output.json, sm.output.parquet)}
 assert expected == set(paths.values()), f"report outputs {sorted(expected)} != rendered {sorted(paths.values())}"

@@ -50,7 +50,12 @@ rule report:
         templates=provenance.files_hash(
             [
                 Path(workflow.basedir) / "quantflow" / "templates" / name
-                for name in ("index.html.j2", "summary.md.j2")
+                for name in (
+                    "base.html.j2",
+                    "marks.j2",
+                    "index.html.j2",
+                    "summary.md.j2",
+                )
             ]
         ),
     script:

@@ -14,8 +14,22 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from factories import answer, make_result
 
 from quantflow import live
+from quantflow.jobs import (
+    Job,
+    RunLog,
+    SummaryRow,
+    count_states,
+    decode_marker,
+    incomplete_outputs,
+    is_execution_log,
+    job_states,
+    latest_run_log,
+    parse_run_log,
+    parse_summary,
+)
 
 T1, T2, T3 = "Tue Nov 24 03:49:53 2026", "Tue Nov 24 03:50:21 2026", "Tue Nov 24 03:51:00 2026"
 SUMMARY_ROWS = [
@@ -136,9 +150,9 @@ def _marker(path: str) -> str:
 
 
 def test_parse_summary_skips_preamble_and_reads_rows() -> None:
-    rows = live.parse_summary(SUMMARY)
+    rows = parse_summary(SUMMARY)
     assert len(rows) == 9
-    assert rows[0] == live.SummaryRow("reports/summary.md", "-", "report", "-", "missing", "update pending")
+    assert rows[0] == SummaryRow("reports/summary.md", "-", "report", "-", "missing", "update pending")
     assert not rows[0].exists and rows[4].exists
     assert rows[-1].status == "params changed"
 
@@ -148,17 +162,17 @@ def test_parse_detailed_summary() -> None:
         "output_file\tdate\trule\tlog-file(s)\tinput-file(s)\tshellcmd\tstatus\tplan\n"
         "a.txt\tTue Nov 24 03:49:53 2026\tr\tlogs/r.log\tin.txt\techo hi\tok\tno update\n"
     )
-    (row,) = live.parse_summary(text)
+    (row,) = parse_summary(text)
     assert (row.output, row.rule, row.log, row.status, row.plan) == ("a.txt", "r", "logs/r.log", "ok", "no update")
 
 
 def test_decode_marker_plain_split_and_invalid() -> None:
-    assert live.decode_marker("cmVzdWx0cy90aW55L2Jhc2UvaGY=") == "results/tiny/base/hf"
+    assert decode_marker("cmVzdWx0cy90aW55L2Jhc2UvaGY=") == "results/tiny/base/hf"
     long = "results/" + "x" * 400 + "/out.json"
     b64 = _marker(long)
     split = Path("@" + b64[:254], "@" + b64[254:508], b64[508:])
-    assert live.decode_marker(split) == long
-    assert live.decode_marker("not base64!") is None
+    assert decode_marker(split) == long
+    assert decode_marker("not base64!") is None
 
 
 def test_incomplete_outputs_reads_the_folder(tmp_path: Path) -> None:
@@ -168,22 +182,22 @@ def test_incomplete_outputs_reads_the_folder(tmp_path: Path) -> None:
     b64 = _marker("results/" + "y" * 300)
     (inc / ("@" + b64[:200])).mkdir()
     (inc / ("@" + b64[:200]) / b64[200:]).write_text("{}")
-    assert live.incomplete_outputs(tmp_path / ".snakemake") == {"results/a.json", "results/" + "y" * 300}
-    assert live.incomplete_outputs(tmp_path / "nowhere") == set()
+    assert incomplete_outputs(tmp_path / ".snakemake") == {"results/a.json", "results/" + "y" * 300}
+    assert incomplete_outputs(tmp_path / "nowhere") == set()
 
 
 def test_is_execution_log() -> None:
-    assert live.is_execution_log(RUNNING_LOG)
+    assert is_execution_log(RUNNING_LOG)
     # Just started: only the banner, nothing planned yet (it already names the config files).
-    assert live.is_execution_log(HEADER.split("Building DAG")[0])
-    assert live.is_execution_log("Building DAG of jobs...\nNothing to be done (all requested files are present).")
-    assert not live.is_execution_log("Building DAG of jobs...\n")  # a --summary without -n
-    assert not live.is_execution_log("Building DAG of jobs...\nCreating report...\nJob stats:\n")
-    assert not live.is_execution_log('WorkflowError in file "x.smk", line 56:\nWorkflow requires cores')
+    assert is_execution_log(HEADER.split("Building DAG")[0])
+    assert is_execution_log("Building DAG of jobs...\nNothing to be done (all requested files are present).")
+    assert not is_execution_log("Building DAG of jobs...\n")  # a --summary without -n
+    assert not is_execution_log("Building DAG of jobs...\nCreating report...\nJob stats:\n")
+    assert not is_execution_log('WorkflowError in file "x.smk", line 56:\nWorkflow requires cores')
 
 
 def test_parse_running_log() -> None:
-    run = live.parse_run_log(RUNNING_LOG, "r.log")
+    run = parse_run_log(RUNNING_LOG, "r.log")
     assert sorted(run.jobs) == [4, 5]
     assert run.jobs[5].rule == "demo_data"
     assert run.jobs[5].outputs == ["results/tiny/data/corpus.txt", "results/tiny/data/test.jsonl"]
@@ -196,12 +210,12 @@ def test_parse_running_log() -> None:
 
 
 def test_parse_failed_and_complete_logs() -> None:
-    failed = live.parse_run_log(FAILED_LOG)
+    failed = parse_run_log(FAILED_LOG)
     assert list(failed.failed) == [4] and failed.failed[4].rule == "demo_base"
     assert failed.failed[4].outputs == ["results/tiny/base/hf", "results/tiny/base/pretrain_metrics.json"]
     assert failed.ended and failed.outcome == "failed"
     assert failed.error_lines[0] == "Error in rule demo_base:"
-    complete = live.parse_run_log(COMPLETE_LOG)
+    complete = parse_run_log(COMPLETE_LOG)
     assert complete.finished == {4, 5} and complete.ended and complete.outcome == "complete"
 
 
@@ -211,30 +225,30 @@ def test_latest_run_log_skips_summary_and_report_logs(tmp_path: Path) -> None:
     (logs / "2026-11-24T034951.000000.snakemake.log").write_text(RUNNING_LOG)
     (logs / "2026-11-24T035000.000000.snakemake.log").write_text("Building DAG of jobs...\n")
     (logs / "2026-11-24T035100.000000.snakemake.log").write_text("Building DAG of jobs...\nCreating report...\n")
-    name, text = live.latest_run_log(logs)
+    name, text = latest_run_log(logs)
     assert name == "2026-11-24T034951.000000.snakemake.log" and text == RUNNING_LOG
-    assert live.latest_run_log(tmp_path / "none") is None
+    assert latest_run_log(tmp_path / "none") is None
 
 
 # ---------------------------------------------------------------------------------- job states
 
 
-def _states(jobs: list[live.Job]) -> dict[str, str]:
+def _states(jobs: list[Job]) -> dict[str, str]:
     return {job.outputs[0]: job.state for job in jobs}
 
 
 def test_job_states_while_running() -> None:
-    summary = live.parse_summary(SUMMARY)
-    run = live.parse_run_log(RUNNING_LOG, "r.log")
+    summary = parse_summary(SUMMARY)
+    run = parse_run_log(RUNNING_LOG, "r.log")
     incomplete = {"results/tiny/base/hf", "results/tiny/base/pretrain_metrics.json"}
-    jobs = live.job_states(summary, run, incomplete, locked=True)
+    jobs = job_states(summary, run, incomplete, locked=True)
     states = _states(jobs)
     assert states["results/tiny/base/hf"] == "running"
     assert states["results/tiny/data/corpus.txt"] == "done"  # finished in this run
     assert states["reports/summary.md"] == "pending"
     assert states["results/tiny/base/gguf/f16.gguf"] == "pending"
     assert states["results/tiny/base/gguf/Q8_0.gguf"] == "pending"  # exists, but params changed
-    assert live.count_states(jobs) == {"running": 1, "failed": 0, "pending": 4, "done": 1}
+    assert count_states(jobs) == {"running": 1, "failed": 0, "pending": 4, "done": 1}
     # The two report outputs are one job; demo_base's two outputs come from its log block.
     report = next(j for j in jobs if j.rule == "report")
     assert report.outputs == ["reports/summary.md", "reports/index.html"]
@@ -243,31 +257,31 @@ def test_job_states_while_running() -> None:
 
 
 def test_job_states_after_a_failure() -> None:
-    jobs = live.job_states(live.parse_summary(SUMMARY), live.parse_run_log(FAILED_LOG, "f.log"), set(), locked=False)
+    jobs = job_states(parse_summary(SUMMARY), parse_run_log(FAILED_LOG, "f.log"), set(), locked=False)
     states = _states(jobs)
     assert states["results/tiny/base/hf"] == "failed"
     assert states["results/tiny/data/corpus.txt"] == "done"
-    assert live.count_states(jobs)["failed"] == 1
+    assert count_states(jobs)["failed"] == 1
 
 
 def test_started_job_of_a_killed_run_is_failed() -> None:
     # The log never ended but no Snakemake holds the directory: the run was killed.
-    jobs = live.job_states([], live.parse_run_log(RUNNING_LOG), {"results/tiny/base/hf"}, locked=False)
+    jobs = job_states([], parse_run_log(RUNNING_LOG), {"results/tiny/base/hf"}, locked=False)
     base = next(j for j in jobs if j.rule == "demo_base")
     assert base.state == "failed" and "never finished" in base.detail
 
 
 def test_incomplete_markers_without_log() -> None:
-    summary = live.parse_summary(SUMMARY)
-    running = live.job_states(summary, None, {"results/tiny/base/gguf/f16.gguf"}, locked=True)
+    summary = parse_summary(SUMMARY)
+    running = job_states(summary, None, {"results/tiny/base/gguf/f16.gguf"}, locked=True)
     assert _states(running)["results/tiny/base/gguf/f16.gguf"] == "running"
-    stale = live.job_states(summary, None, {"results/tiny/base/gguf/f16.gguf", "results/x"}, locked=False)
+    stale = job_states(summary, None, {"results/tiny/base/gguf/f16.gguf", "results/x"}, locked=False)
     assert _states(stale)["results/tiny/base/gguf/f16.gguf"] == "failed"
     assert _states(stale)["results/x"] == "failed"  # unknown to the summary, still shown
 
 
 def test_done_from_summary_alone() -> None:
-    jobs = live.job_states(live.parse_summary(SUMMARY), None, set(), locked=False)
+    jobs = job_states(parse_summary(SUMMARY), None, set(), locked=False)
     done = [j for j in jobs if j.state == "done"]
     assert [j.rule for j in done] == ["demo_base", "demo_data"]
     assert done[1].outputs == ["results/tiny/data/corpus.txt", "results/tiny/data/test.jsonl"]
@@ -276,22 +290,12 @@ def test_done_from_summary_alone() -> None:
 # ------------------------------------------------------------------------ variants and snapshot
 
 
-def _bench(tmp: Path, ft: str, variant: str, **extra: object) -> None:
+def _bench(tmp: Path, ft: str, variant: str) -> None:
     path = tmp / "results" / "tiny" / ft / "bench" / f"{variant}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "model": "tiny",
-        "ft": ft,
-        "variant": variant,
-        "status": "ok",
-        "speed": {"decode_tps": {"median": 123.4}},
-        "quality": {"kl_mean": 0.012, "accuracy": 0.25},
-        "answers": [
-            {"id": "q0", "category": "math", "prompt": "1+1?", "expected": "2", "answer": "2", "correct": True},
-            {"id": "q1", "category": "math", "prompt": "<b>2+2</b>?", "expected": "4", "answer": "5", "correct": False},
-        ],
-        **extra,
-    }
+    doc = make_result(ft, variant, decode_tps=123.4, kl_mean=0.012, accuracy=0.25, model="tiny", answers=[])
+    q1 = {**answer(1, False), "prompt": "<b>2+2</b>?"}  # markup, which the page must escape
+    doc["answers"] = [answer(0, True), q1]
     path.write_text(json.dumps(doc), encoding="utf-8")
 
 
@@ -341,13 +345,11 @@ def test_snapshot_and_page(tmp_path: Path) -> None:
 
 def test_summary_command_reuses_the_runs_snakefile_and_configs(tmp_path: Path) -> None:
     monitor = live.Monitor(tmp_path)
-    cmd = monitor._summary_command(live.parse_run_log(RUNNING_LOG))
+    cmd = monitor._summary_command(parse_run_log(RUNNING_LOG))
     assert "--summary" in cmd and "--dry-run" in cmd  # dry-run: no lock taken, no log written
     assert cmd[cmd.index("-s") + 1] == "/home/user/quantflow/Snakefile"
     assert cmd[cmd.index("--configfile") + 1] == "/home/user/quantflow/tests/configs/tiny.yaml"
-    explicit = live.Monitor(tmp_path, configfiles=[Path("other.yaml")])._summary_command(
-        live.parse_run_log(RUNNING_LOG)
-    )
+    explicit = live.Monitor(tmp_path, configfiles=[Path("other.yaml")])._summary_command(parse_run_log(RUNNING_LOG))
     assert explicit[explicit.index("--configfile") + 1] == "other.yaml"
 
 
@@ -355,7 +357,7 @@ def test_failed_summary_is_kept_out_and_retried(tmp_path: Path, monkeypatch: pyt
     monitor = live.Monitor(make_workdir(tmp_path))
     calls = []
 
-    def command(run: live.RunLog | None) -> list[str]:
+    def command(run: RunLog | None) -> list[str]:
         calls.append(1)
         return [sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"]
 

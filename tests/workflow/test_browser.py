@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import make_result
 
 from quantflow import report
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-MIB = 2**20
 
 pytestmark = pytest.mark.slow
 
@@ -90,40 +90,17 @@ SPECS = {
 N_ANSWERS = 12
 
 
-def _dist(median: float) -> dict[str, Any]:
-    return {"median": median, "mean": median, "p10": median * 0.9, "p90": median * 1.1, "cv": 0.05, "n": 7,
-            "ci95": [median * 0.97, median * 1.03]}  # fmt: skip
-
-
 def _result(ft: str, variant: str, bpw: float, size: float, tps: float, kl: float, acc: float) -> dict[str, Any]:
     right = round(acc * N_ANSWERS * 5)  # a few right answers per variant, differing by variant
-    answers = []
-    for i in range(N_ANSWERS):
-        correct = (i * 7 + len(variant)) % N_ANSWERS < right
-        answers.append({"id": f"test-{i:04d}", "category": "math", "prompt": f"Question: What is {i} plus 3?\nAnswer:",
-                        "expected": str(i + 3), "answer": str(i + 3) if correct else "The. The.",
-                        "correct": correct})  # fmt: skip
-    return {
-        "schema_version": 1, "model": "demo", "ft": ft, "variant": variant, "format": "gguf",
-        "quant": variant.removeprefix("gguf-").upper(), "status": "ok", "reason": None,
-        "provenance": {"config_hash": "0123abcd", "llama_cpp_commit": "0c1e570", "cpu": "AMD EPYC",
-                       "timestamp": "2026-01-01T00:00:00+00:00"},
-        "file": {"bytes": int(size * MIB), "n_params": 14_700_000, "bits_per_weight": bpw},
-        "speed": {"threads": 2, "decode_tps": _dist(tps), "prompt_tps": _dist(tps * 8), "ttft_s": _dist(0.004),
-                  "latency_s": _dist(12.0 / tps), "load_s": _dist(0.05)},
-        "memory": {"peak_rss_mb": size + 45.0, "baseline_rss_mb": 45.0, "model_rss_mb": size},
-        "quality": {"n_tokens": 2048, "ppl": 12.0 * (1 + kl), "kl_mean": kl, "kl_median": kl / 2,
-                    "kl_p99": kl * 9, "kl_max": kl * 30, "top1_agreement": 1 - kl * 3, "accuracy": acc,
-                    "n_test": N_ANSWERS},
-        "answers": answers,
-    }  # fmt: skip
+    answers = [(i * 7 + len(variant)) % N_ANSWERS < right for i in range(N_ANSWERS)]
+    timing = dict(latency_s=12.0 / tps, ttft_s=0.004, prompt_tps=tps * 8, spread=0.1, cv=0.05, n=7, ci=0.03)
+    timing.update(n_test=N_ANSWERS, answers=answers)
+    return make_result(ft, variant, None, bpw, size, tps, kl, acc, model="demo", **timing)
 
 
 def synthetic_results() -> list[dict[str, Any]]:
     results = [_result(ft, *spec) for ft, specs in SPECS.items() for spec in specs]
-    results.append({"schema_version": 1, "model": "demo", "ft": "lora", "variant": "gguf-Q2_K", "format": "gguf",
-                    "quant": "Q2_K", "status": "not_run", "reason": "upstream quantize failed",
-                    "provenance": {"config_hash": "0123abcd"}})  # fmt: skip
+    results.append(make_result("lora", "gguf-Q2_K", model="demo", status="not_run", reason="upstream quantize failed"))
     return results
 
 
@@ -132,10 +109,10 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
     training = [{"model": "demo", "ft": "lora", "method": "lora", "train_loss": 1.2, "eval_loss": 1.3, "steps": 150}]
     run = {"config_hash": "0123abcd", "versions": {"snakemake": "9.27.1"}}
-    # Peak RSS is size + 45 MB: Q4_K_M 53.6, Q3_K_M 52. A 53 MB budget binds on base (Q3_K_M instead
+    # Peak RSS is size + 40 MB: Q4_K_M 48.6, Q3_K_M 47. A 48 MB budget binds on base (Q3_K_M instead
     # of Q4_K_M) and leaves nothing for lora (Q3_K_M is over the KL floor there): both paths show.
     # VRAM is n/a on a CPU run.
-    paths = report.render(synthetic_results(), training, run, out, 0.05, {"ram_budget_mb": 53, "vram_budget_mb": 1000})
+    paths = report.render(synthetic_results(), training, run, out, 0.05, {"ram_budget_mb": 48, "vram_budget_mb": 1000})
     return paths["index.html"]
 
 
@@ -158,7 +135,7 @@ def test_report_renders_in_chromium(chromium: str, report_html: Path, tmp_path: 
     assert "<h1>quantflow benchmark report</h1>" in dom
     assert "Best overall (recommended)" in dom
     assert "bound by the RAM budget" in dom
-    assert "no variant meets the KL floor 0.05 and the RAM budget 53 MB; closest: gguf-Q4_K_M" in dom
+    assert "no variant meets the KL floor 0.05 and the RAM budget 48 MB; closest: gguf-Q4_K_M" in dom
     assert "n/a (not measured in this run)" in dom
     assert dom.count("<svg") >= 2  # the two Pareto charts
     assert 'class="ans wrong flip-lost"' in dom or 'class="ans right flip-gained"' in dom

@@ -1,0 +1,405 @@
+"""The deployment decision: Pareto front, limits (KL floor and budgets), and the reasons in words.
+
+:func:`recommend` takes the results table (:func:`quantflow.table.results_table`) and, per model /
+fine-tune, names the variant to deploy under the limits, which limit bound the choice, or, when nothing
+fits, the closest candidate and by how much it misses. Every other answer it gives (best quality,
+fastest, smallest, best under each budget) has the same shape; see :func:`recommend`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from .results import REFERENCE_VARIANT, number
+from .table import is_missing
+
+
+def pareto_front(points: Sequence[Sequence[float]], minimize: Sequence[bool] = (True, False)) -> list[int]:
+    """Indices (ascending) of the non-dominated points; points with a NaN coordinate are skipped.
+
+    ``minimize[d]`` says whether lower is better in dimension ``d``. Identical points do not
+    dominate each other, so duplicates on the front are all returned.
+    """
+    signs = [1.0 if m else -1.0 for m in minimize]
+    keyed: list[tuple[int, tuple[float, ...]]] = []
+    for i, point in enumerate(points):
+        if len(point) != len(signs):
+            raise ValueError(f"point {i} has {len(point)} coordinates, expected {len(signs)}")
+        coords = tuple(number(v) for v in point)
+        if any(math.isnan(c) for c in coords):
+            continue
+        # Flip maximised dimensions so "smaller is better" holds everywhere below.
+        keyed.append((i, tuple(s * c for s, c in zip(signs, coords, strict=True))))
+    return [i for i, a in keyed if not any(_dominates(b, a) for j, b in keyed if j != i)]
+
+
+def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One deployment limit on a results-table column (the KL floor is one too)."""
+
+    key: str  #: config key under ``report:``
+    label: str  #: what is limited, e.g. "peak RSS"
+    name: str  #: the limit's name in sentences, e.g. "RAM budget"
+    column: str  #: results-table column the limit applies to
+    limit: float
+    upper: bool  #: True: value <= limit passes; False: value >= limit passes
+    spec: str  #: format spec of the shown value
+    unit: str = ""
+    scale: float = 1.0  #: display multiplier (accuracy is stored as a fraction, shown in %)
+
+    def show(self, value: float) -> str:
+        text = format(value * self.scale, self.spec)
+        # "64 MB" rather than "64.0 MB"; a KL limit ("g") never carries a trailing ".0".
+        return text.removesuffix(".0") + self.unit
+
+    def describe(self) -> str:
+        """The limit as a phrase, e.g. "the RAM budget 64 MB"."""
+        return f"the {self.name} {self.show(self.limit)}"
+
+    def condition(self) -> str:
+        """The limit as a condition, e.g. "peak RSS <= 64 MB"."""
+        return f"{self.label} {'<=' if self.upper else '>='} {self.show(self.limit)}"
+
+    def meets(self, values: pd.Series) -> pd.Series:
+        """Row-wise pass/fail; an unmeasured value (NaN) never passes."""
+        values = pd.to_numeric(values, errors="coerce")
+        return (values <= self.limit) if self.upper else (values >= self.limit)
+
+    def shortfall(self, value: Any) -> float:
+        """By how much ``value`` misses the limit, in the column's unit (0 if met, inf if unmeasured)."""
+        if is_missing(value):
+            return math.inf
+        miss = (value - self.limit) if self.upper else (self.limit - value)
+        return max(float(miss), 0.0)
+
+    def relative_shortfall(self, value: Any) -> float:
+        miss = self.shortfall(value)
+        if miss == 0 or math.isinf(miss):
+            return miss
+        # A zero limit (KL floor 0) has no scale of its own: any excess is a whole miss.
+        return miss / abs(self.limit) if self.limit else math.inf
+
+
+#: config key -> (label, name, column, upper, format spec, unit, display scale).
+BUDGET_SPECS: dict[str, tuple[str, str, str, bool, str, str, float]] = {
+    "ram_budget_mb": ("peak RSS", "RAM budget", "peak_rss_mb", True, ".1f", " MB", 1.0),
+    "vram_budget_mb": ("GPU memory", "VRAM budget", "peak_vram_mb", True, ".1f", " MB", 1.0),
+    "latency_target_ms": ("latency", "latency target", "latency_ms", True, ".1f", " ms", 1.0),
+    "min_accuracy": ("accuracy", "minimum accuracy", "accuracy", False, ".1f", " %", 100.0),
+}
+
+
+def make_constraints(quality_floor_kl: float, budgets: Mapping[str, Any] | None = None) -> list[Constraint]:
+    """The KL floor plus every budget that is set (None means no limit), in BUDGET_SPECS order."""
+    floor = float(quality_floor_kl)
+    if math.isnan(floor):
+        raise ValueError("quality_floor_kl must be a number, got NaN")
+    budgets = dict(budgets or {})
+    unknown = sorted(set(budgets) - set(BUDGET_SPECS))
+    if unknown:
+        raise ValueError(f"unknown report constraint(s) {', '.join(unknown)}; known: {', '.join(BUDGET_SPECS)}")
+    out = [Constraint("quality_floor_kl", "KL", "KL floor", "kl_mean", floor, True, "g")]
+    for key, (label, name, column, upper, spec, unit, scale) in BUDGET_SPECS.items():
+        value = budgets.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ValueError(f"report.{key} must be a number or null, got {value!r}")
+        out.append(Constraint(key, label, name, column, float(value), upper, spec, unit, scale))
+    return out
+
+
+def recommend(
+    df: pd.DataFrame,
+    quality_floor_kl: float,
+    budgets: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Per (model, ft), ok rows only: what to deploy, under the KL floor and the budgets.
+
+    ``budgets`` holds the optional limits of BUDGET_SPECS (``ram_budget_mb``, ``vram_budget_mb``,
+    ``latency_target_ms``, ``min_accuracy``); None or absent means no limit. Kinds, in order:
+
+    - ``recommended`` (best overall): the fastest variant (decode tok/s; ties go to the smaller
+      file) that meets the KL floor and every budget;
+    - ``best_quality``, ``fastest``, ``smallest``: unconstrained;
+    - ``best_under_budget``, one per budget set (``constraint`` names it): the fastest variant
+      within the KL floor and that one budget, and whether the budget is what bound the choice.
+
+    A budget whose column no variant of the group measured (VRAM on a CPU-only run) is "n/a":
+    stated, and not applied. Each entry is ``{model, ft, kind, label, variant, why, constraint,
+    bound_by, closest, misses}``: ``bound_by`` lists the constraint keys that excluded a faster
+    variant; when nothing qualifies, ``variant`` is None and ``closest`` / ``misses`` name the
+    nearest candidate (smallest summed relative shortfall) and by how much it misses each limit.
+    """
+    constraints = make_constraints(quality_floor_kl, budgets)
+    ok = df.loc[df["status"] == "ok"]
+    if "latency_ms" not in ok.columns:
+        ok = ok.assign(latency_ms=ok["latency_s"] * 1000.0)
+    recs: list[dict[str, Any]] = []
+    for (model, ft), group in ok.groupby(["model", "ft"], sort=False):
+        for entry in _recommend_group(group, constraints):
+            recs.append({"model": model, "ft": ft, **entry})
+    return recs
+
+
+def _applicable(group: pd.DataFrame, constraints: Sequence[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
+    """(applied, n/a): a budget nobody in the group measured cannot decide anything."""
+    applied, na = [], []
+    for c in constraints:
+        measured = c.column in group.columns and group[c.column].notna().any()
+        # The KL floor always applies: a variant without a KL measurement must not be recommended.
+        (applied if measured or c.key == "quality_floor_kl" else na).append(c)
+    return applied, na
+
+
+def _passing(group: pd.DataFrame, constraints: Sequence[Constraint]) -> pd.Series:
+    mask = pd.Series(True, index=group.index)
+    for c in constraints:
+        col = group[c.column] if c.column in group.columns else pd.Series(math.nan, index=group.index)
+        mask &= c.meets(col).fillna(False).astype(bool)
+    return mask
+
+
+def _entry(kind: str, label: str, row: pd.Series | None, why: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "label": label,
+        "variant": None if row is None else row["variant"],
+        "why": why,
+        "constraint": extra.get("constraint"),
+        "bound_by": list(extra.get("bound_by", [])),
+        "closest": extra.get("closest"),
+        "misses": list(extra.get("misses", [])),
+    }
+
+
+def _recommend_group(group: pd.DataFrame, constraints: Sequence[Constraint]) -> list[dict[str, Any]]:
+    applied, na = _applicable(group, constraints)
+    fastest = _best(group, ["decode_tps", "size_mb"], [False, True])
+    smallest = _best(group, ["size_mb", "decode_tps"], [True, False])
+    quality = _best_quality(group)
+    entries = [
+        _constrained_entry("recommended", KIND_LABELS["recommended"], group, applied, na),
+        _entry(
+            "best_quality",
+            KIND_LABELS["best_quality"],
+            quality,
+            _why_quality(quality) if quality is not None else "no quality measurements",
+        ),
+        _entry(
+            "fastest",
+            KIND_LABELS["fastest"],
+            fastest,
+            _why_fastest(fastest) if fastest is not None else "no speed measurements",
+        ),
+        _entry(
+            "smallest",
+            KIND_LABELS["smallest"],
+            smallest,
+            _why_smallest(smallest) if smallest is not None else "no file sizes",
+        ),
+    ]
+    floor = constraints[0]
+    for budget in constraints[1:]:
+        label = f"Best under the {budget.name} ({budget.condition()})"
+        if budget in na:
+            why = f"n/a: no variant has a {budget.label} measurement (e.g. a CPU-only run has no GPU memory)"
+            entries.append(_entry("best_under_budget", label, None, why, constraint=budget.key))
+            continue
+        entry = _constrained_entry("best_under_budget", label, group, [floor, budget], [], budget=budget)
+        entries.append(entry)
+    return entries
+
+
+def _constrained_entry(
+    kind: str,
+    label: str,
+    group: pd.DataFrame,
+    applied: Sequence[Constraint],
+    na: Sequence[Constraint],
+    budget: Constraint | None = None,
+) -> dict[str, Any]:
+    """The fastest row meeting every constraint in ``applied``, explained; or the closest miss."""
+    constraint = None if budget is None else budget.key
+    # Ties on speed go to the smaller file: same speed, less disk and RAM.
+    # A variant without a speed measurement cannot be "the fastest" of anything.
+    ranked = _ranked(group.dropna(subset=["decode_tps"]), ["decode_tps", "size_mb"], [False, True])
+    passing = _passing(ranked, applied)
+    chosen = ranked.loc[passing]
+    na_part = "; ".join(f"{c.name} n/a (not measured)" for c in na)
+    if chosen.empty:
+        why, closest, misses = _why_none(ranked, applied)
+        return _entry(kind, label, None, _join_clauses(why, na_part), constraint=constraint,
+                      closest=closest, misses=misses)  # fmt: skip
+    row = chosen.iloc[0]
+    # Faster rows are those ranked above the chosen one; each was excluded by some constraint.
+    faster = ranked.iloc[: ranked.index.get_loc(row.name)]
+    faster = faster.loc[faster["decode_tps"] > row["decode_tps"]]
+    bound: dict[str, list[str]] = {}
+    for _, other in faster.iterrows():
+        for c in applied:
+            if not bool(c.meets(pd.Series([other[c.column]])).iloc[0]):
+                bound.setdefault(c.key, []).append(_value_note(c, other))
+    by_key = {c.key: c for c in applied}
+    bound = {c.key: bound[c.key] for c in applied if c.key in bound}  # constraint order, not discovery order
+    if budget is None:
+        why = _why_recommended(row, applied)
+        bound_part = "; ".join(
+            f"bound by the {by_key[k].name} (excludes faster {', '.join(v)})" for k, v in bound.items()
+        )
+    else:
+        why = _join(_speed_part(row), _value_condition(budget, row), _part("KL {:.3g}", row["kl_mean"]))
+        # The budget binds when it changes the answer: a faster variant meets the KL floor but not it.
+        others = [c for c in applied if c is not budget]
+        blocked = faster.loc[_passing(faster, others) & ~_passing(faster, [budget])]
+        if blocked.empty:
+            bound_part = f"{budget.name} not binding (the fastest variant within the KL floor meets it)"
+        else:
+            notes = ", ".join(_value_note(budget, r) for _, r in blocked.iterrows())
+            bound_part = f"bound by the {budget.name}: excludes faster {notes}"
+    return _entry(kind, label, row, _join_clauses(why, bound_part, na_part), constraint=constraint,
+                  bound_by=list(bound))  # fmt: skip
+
+
+def _ranked(group: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.DataFrame:
+    # Variant name as the last key makes equal rows resolve the same way on every run.
+    return group.sort_values([*by, "variant"], ascending=[*ascending, True], na_position="last", kind="mergesort")
+
+
+def _value_note(c: Constraint, row: pd.Series) -> str:
+    value = row[c.column] if c.column in row.index else math.nan
+    shown = "unmeasured" if is_missing(value) else c.show(value)
+    return f"{row['variant']} ({c.label} {shown})"
+
+
+def _value_condition(c: Constraint, row: pd.Series) -> str:
+    value = row[c.column]
+    op = "<=" if c.upper else ">="
+    if c.key == "quality_floor_kl":
+        return f"KL {value:.3g} <= floor {c.limit:g}"
+    return f"{c.label} {c.show(value)} {op} {c.show(c.limit)}"
+
+
+def _why_none(ranked: pd.DataFrame, applied: Sequence[Constraint]) -> tuple[str, str | None, list[dict[str, Any]]]:
+    described = [c.describe() for c in applied]
+    names = described[0] if len(described) == 1 else ", ".join(described[:-1]) + " and " + described[-1]
+    why = f"no variant meets {names}"
+    if ranked.empty:
+        return why, None, []
+    scores = []
+    for pos, (_, row) in enumerate(ranked.iterrows()):
+        rel = [c.relative_shortfall(row[c.column] if c.column in row.index else math.nan) for c in applied]
+        n_unmeasured = sum(math.isinf(r) for r in rel)
+        # Fewest unmeasured limits, then smallest summed relative miss, then the faster (rank order).
+        scores.append((n_unmeasured, sum(r for r in rel if not math.isinf(r)), pos))
+    best = ranked.iloc[min(scores)[2]]
+    misses = []
+    parts = []
+    for c in applied:
+        value = best[c.column] if c.column in best.index else math.nan
+        miss = c.shortfall(value)
+        if miss == 0:
+            continue
+        rel = c.relative_shortfall(value)
+        misses.append(
+            {
+                "constraint": c.key,
+                "limit": c.limit,
+                "value": None if is_missing(value) else float(value),
+                "by": None if math.isinf(miss) else miss,
+                "relative": None if math.isinf(rel) else rel,
+            }
+        )
+        if math.isinf(miss):
+            parts.append(f"{c.label} unmeasured")
+        else:
+            rel_part = "" if math.isinf(rel) else f", {rel * 100:.0f} % {'over' if c.upper else 'under'}"
+            parts.append(
+                f"misses the {c.name} by {c.show(miss)} ({c.label} {c.show(value)} vs {c.show(c.limit)}{rel_part})"
+            )
+    why += f"; closest: {best['variant']}, which " + " and ".join(parts)
+    return why, str(best["variant"]), misses
+
+
+def _best(group: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.Series | None:
+    rows = _ranked(group.dropna(subset=[by[0]]), by, ascending)
+    return None if rows.empty else rows.iloc[0]
+
+
+def _best_quality(group: pd.DataFrame) -> pd.Series | None:
+    is_ref = (group["kl_mean"] == 0) | (group["variant"] == REFERENCE_VARIANT)
+    # The f16 reference has KL 0 by construction, so "best quantized" is the useful answer;
+    # the reference itself is only the answer when nothing else was measured.
+    for candidates in (group.loc[~is_ref], group.loc[is_ref]):
+        row = _best(candidates, ["kl_mean", "size_mb"], [True, True])
+        if row is not None:
+            return row
+    ref = group.loc[group["variant"] == REFERENCE_VARIANT]
+    return None if ref.empty else ref.iloc[0]
+
+
+def _why_recommended(row: pd.Series, applied: Sequence[Constraint]) -> str:
+    return _join(
+        _speed_part(row),
+        *(_value_condition(c, row) for c in applied),
+        _part("{:.1f} MB", row["size_mb"]),
+    )
+
+
+def _why_quality(row: pd.Series) -> str:
+    is_ref = row["variant"] == REFERENCE_VARIANT or row["kl_mean"] == 0
+    return _join(
+        "reference (KL 0 by definition)" if is_ref else _part("KL {:.3g}", row["kl_mean"]),
+        None if is_ref else _part("p99 {:.3g}", row["kl_p99"]),
+        _part("PPL {:.2f}", row["ppl"]),
+        _part("top-1 {:.1f}%", row["top1_agreement"] * 100),
+        _part("{:.1f} MB", row["size_mb"]),
+    )
+
+
+def _why_fastest(row: pd.Series) -> str:
+    return _join(_speed_part(row), _part("KL {:.3g}", row["kl_mean"]), _part("{:.1f} MB", row["size_mb"]))
+
+
+def _why_smallest(row: pd.Series) -> str:
+    return _join(
+        _part("{:.1f} MB", row["size_mb"]),
+        _part("{:.2f} bpw", row["bits_per_weight"]),
+        _part("KL {:.3g}", row["kl_mean"]),
+        _part("{:.1f} tok/s", row["decode_tps"]),
+    )
+
+
+def _speed_part(row: pd.Series) -> str | None:
+    speed = _part("{:.1f} tok/s", row["decode_tps"])
+    ratio = _part("({:.1f}x f16)", row["speedup_vs_f16"])
+    return f"{speed} {ratio}" if speed and ratio else speed
+
+
+def _part(template: str, value: Any) -> str | None:
+    return None if is_missing(value) else template.format(value)
+
+
+def _join(*parts: str | None) -> str:
+    return ", ".join(p for p in parts if p)
+
+
+def _join_clauses(*parts: str | None) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+KIND_LABELS = {
+    "recommended": "Best overall (recommended)",
+    "best_quality": "Best quality",
+    "fastest": "Fastest",
+    "smallest": "Smallest",
+}

@@ -1,0 +1,221 @@
+"""The results table: every result JSON as one flat row of a pandas frame (see :data:`RESULT_COLUMNS`).
+
+Absent measurements are NaN. A few columns are derived across results: the speedup against the f16 of
+the same model / fine-tune, the accuracy gain over the base model, the retention of the fine-tune's gain
+and the answer flips against the f16 reference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from . import stats
+from .answers import answer_flips
+from .results import BASE_FT, REFERENCE_VARIANT, number
+
+log = logging.getLogger(__name__)
+
+#: Provenance keys copied from each result into results.csv (blank when a result lacks one).
+PROVENANCE_COLUMNS: tuple[str, ...] = ("config_hash", "llama_cpp_commit", "cpu", "node", "timestamp")
+
+_KEY = ["model", "ft", "variant"]
+
+#: Column order of :func:`results_table`.
+RESULT_COLUMNS: tuple[str, ...] = (
+    "model", "ft", "variant", "format", "quant", "status", "reason",
+    "size_mb", "bits_per_weight",
+    "decode_tps", "decode_tps_p10", "decode_tps_p90", "decode_cv",
+    "prompt_tps", "prompt_tps_cv", "ttft_ms", "latency_s", "load_s",
+    "engine_tg_tps", "engine_tg_cv", "engine_pp_tps", "python_vs_engine_tg",
+    "peak_rss_mb", "model_rss_mb", "peak_vram_mb", "gpu_util_mean_pct",
+    "ppl", "kl_mean", "kl_median", "kl_p99", "kl_p999", "kl_max", "top1_agreement",
+    "dp_mean", "dp_rms",
+    "accuracy", "n_test", "similarity_mean", "similarity_min", "threads",
+    "speedup_vs_f16", "accuracy_gain_vs_base", "retention", "flips_lost", "flips_gained",
+)  # fmt: skip
+
+#: Columns :func:`results_table` derives across results rather than reading from one.
+_DERIVED_COLUMNS = ("speedup_vs_f16", "accuracy_gain_vs_base", "retention", "flips_lost", "flips_gained")
+
+
+def results_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One flat row per (model, ft, variant); absent measurements are NaN. See RESULT_COLUMNS."""
+    base_cols = [c for c in RESULT_COLUMNS if c not in _DERIVED_COLUMNS]
+    df = pd.DataFrame([_result_row(r) for r in results], columns=base_cols)
+    df = _drop_duplicate_keys(df)
+    df = _add_speedup(df)
+    df = _add_accuracy_gain(df)
+    df = _add_retention(df)
+    df = _add_flips(df, results)
+    for col in ("n_test", "threads", "flips_lost", "flips_gained"):
+        # Nullable ints keep "8" rather than "8.0" in the CSV while still allowing missing values.
+        df[col] = pd.to_numeric(df[col]).astype("Int64")
+    return _sort_rows(df)[list(RESULT_COLUMNS)]
+
+
+def _result_row(res: Mapping[str, Any]) -> dict[str, Any]:
+    file = res.get("file") or {}
+    speed = res.get("speed") or {}
+    mem = res.get("memory") or {}
+    qual = res.get("quality") or {}
+    engine = res.get("llama_bench") or {}
+    size_bytes = number(file.get("bytes"))
+    return {
+        "model": res.get("model"),
+        "ft": res.get("ft"),
+        "variant": res.get("variant"),
+        "format": res.get("format"),
+        "quant": res.get("quant"),
+        "status": res.get("status"),
+        "reason": res.get("reason"),
+        "size_mb": size_bytes / 2**20,
+        "bits_per_weight": _bits_per_weight(file),
+        "decode_tps": _stat(speed, "decode_tps"),
+        "decode_tps_p10": _stat(speed, "decode_tps", "p10"),
+        "decode_tps_p90": _stat(speed, "decode_tps", "p90"),
+        "decode_cv": _stat(speed, "decode_tps", "cv"),
+        "prompt_tps": _stat(speed, "prompt_tps"),
+        "prompt_tps_cv": _stat(speed, "prompt_tps", "cv"),
+        "ttft_ms": _stat(speed, "ttft_s") * 1000.0,
+        "latency_s": _stat(speed, "latency_s"),
+        "load_s": _stat(speed, "load_s"),
+        "engine_tg_tps": number(engine.get("tg_tps")),
+        "engine_tg_cv": number(engine.get("tg_sd")) / tg if (tg := number(engine.get("tg_tps"))) else math.nan,
+        "engine_pp_tps": number(engine.get("pp_tps")),
+        "python_vs_engine_tg": number(engine.get("python_vs_engine_tg")),
+        "peak_rss_mb": number(mem.get("peak_rss_mb")),
+        "model_rss_mb": number(mem.get("model_rss_mb")),
+        # NVML's peak where a GPU is visible (telemetry.GpuSampler), so vram_budget_mb applies there.
+        "peak_vram_mb": number(mem.get("peak_vram_mb")),  # null without a GPU: NaN, shown as n/a
+        "gpu_util_mean_pct": number(mem.get("gpu_util_mean_pct")),
+        "ppl": number(qual.get("ppl")),
+        "kl_mean": number(qual.get("kl_mean")),
+        "kl_median": number(qual.get("kl_median")),
+        "kl_p99": number(qual.get("kl_p99")),
+        # Optional (only newer bench outputs carry them); NaN when absent.
+        "kl_p999": number(qual.get("kl_p999")),
+        "kl_max": number(qual.get("kl_max")),
+        "top1_agreement": number(qual.get("top1_agreement")),
+        "dp_mean": number(qual.get("dp_mean")),
+        "dp_rms": number(qual.get("dp_rms")),
+        "accuracy": number(qual.get("accuracy")),
+        "n_test": number(qual.get("n_test")),
+        "similarity_mean": number(qual.get("similarity_mean")),
+        "similarity_min": number(qual.get("similarity_min")),
+        "threads": number(speed.get("threads")),
+    }
+
+
+def _stat(block: Mapping[str, Any], key: str, stat: str = "median") -> float:
+    dist = block.get(key)
+    return number(dist.get(stat)) if isinstance(dist, Mapping) else math.nan
+
+
+def _bits_per_weight(file: Mapping[str, Any]) -> float:
+    bpw = number(file.get("bits_per_weight"))
+    if math.isnan(bpw):
+        # Older bench outputs may lack the field; bytes and n_params give the same answer
+        # up to GGUF metadata overhead, which is good enough for sorting and display.
+        size, n_params = number(file.get("bytes")), number(file.get("n_params"))
+        if n_params > 0:
+            bpw = size * 8 / n_params
+    return bpw
+
+
+def _drop_duplicate_keys(df: pd.DataFrame) -> pd.DataFrame:
+    dup = df.duplicated(subset=_KEY, keep="last")
+    if dup.any():
+        keys = sorted({tuple(k) for k in df.loc[dup, _KEY].itertuples(index=False)})
+        log.warning("duplicate results for %s; keeping the last of each", keys)
+    return df.loc[~dup].reset_index(drop=True)
+
+
+def _add_speedup(df: pd.DataFrame) -> pd.DataFrame:
+    ref = df.loc[(df["variant"] == REFERENCE_VARIANT) & (df["status"] == "ok"), ["model", "ft", "decode_tps"]]
+    ref = ref.rename(columns={"decode_tps": "_ref_tps"})
+    out = df.merge(ref, on=["model", "ft"], how="left", validate="many_to_one")
+    # A zero reference speed would give inf, which reads as a real measurement; NaN does not.
+    ref_tps = out["_ref_tps"].where(out["_ref_tps"] > 0)
+    out["speedup_vs_f16"] = out["decode_tps"] / ref_tps
+    return out.drop(columns="_ref_tps")
+
+
+def _add_accuracy_gain(df: pd.DataFrame) -> pd.DataFrame:
+    base = df.loc[df["ft"] == BASE_FT, ["model", "variant", "accuracy"]]
+    base = base.rename(columns={"accuracy": "_base_acc"})
+    out = df.merge(base, on=["model", "variant"], how="left", validate="many_to_one")
+    out["accuracy_gain_vs_base"] = out["accuracy"] - out["_base_acc"]
+    return out.drop(columns="_base_acc")
+
+
+def _add_retention(df: pd.DataFrame) -> pd.DataFrame:
+    """stats.retention per row against the f16 accuracies of the base and of the row's fine-tune."""
+    f16 = df.loc[(df["variant"] == REFERENCE_VARIANT) & (df["status"] == "ok")]
+    acc = {(m, ft): a for m, ft, a in zip(f16["model"], f16["ft"], f16["accuracy"], strict=True)}
+    out = df.copy()
+    out["retention"] = [
+        math.nan
+        if ft == BASE_FT
+        else _nan_if_none(stats.retention(_none_if_nan(a), acc.get((m, BASE_FT)), acc.get((m, ft))))
+        for m, ft, a in zip(df["model"], df["ft"], df["accuracy"], strict=True)
+    ]
+    return out
+
+
+def _none_if_nan(value: Any) -> float | None:
+    return None if is_missing(value) else float(value)
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _add_flips(df: pd.DataFrame, results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    counts = {key: (flips["lost"], flips["gained"]) for key, flips in answer_flips(results).items()}
+    keys = list(zip(df["model"], df["ft"], df["variant"], strict=True))
+    out = df.copy()
+    out["flips_lost"] = [counts.get(k, (math.nan, math.nan))[0] for k in keys]
+    out["flips_gained"] = [counts.get(k, (math.nan, math.nan))[1] for k in keys]
+    return out
+
+
+def _sort_rows(df: pd.DataFrame) -> pd.DataFrame:
+    # Base first so every fine-tune reads as "compared with the base above it".
+    ranked = df.assign(_ft_rank=(df["ft"] != BASE_FT).astype(int))
+    ranked = ranked.sort_values(
+        ["model", "_ft_rank", "ft", "bits_per_weight", "variant"],
+        ascending=[True, True, True, False, True],
+        na_position="last",
+        kind="mergesort",
+    )
+    return ranked.drop(columns="_ft_rank").reset_index(drop=True)
+
+
+def with_provenance(df: pd.DataFrame, results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    # Later duplicates win, matching results_table's de-duplication.
+    prov = {(r.get("model"), r.get("ft"), r.get("variant")): r.get("provenance") or {} for r in results}
+    keys = list(zip(df["model"], df["ft"], df["variant"], strict=True))
+    out = df.copy()
+    for col in PROVENANCE_COLUMNS:
+        out[col] = [_csv_scalar(prov.get(k, {}).get(col)) for k in keys]
+    return out
+
+
+def _csv_scalar(value: Any) -> Any:
+    # A nested provenance value (e.g. a cpu dict) must stay one CSV cell.
+    return json.dumps(value, sort_keys=True) if isinstance(value, (Mapping, list)) else value
+
+
+def is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # containers: not a missing scalar
+        return False

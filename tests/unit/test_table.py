@@ -1,0 +1,105 @@
+"""quantflow.table: the flat results table (one row per model / fine-tune / variant)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from factories import ENGINE_RATIO, NOT_RUN_REASON, VARIANTS, all_results, answer_results, make_result, table_row
+
+from quantflow.table import RESULT_COLUMNS, results_table
+
+
+def test_results_table_columns_and_order() -> None:
+    df = results_table(all_results())
+    assert list(df.columns) == list(RESULT_COLUMNS)
+    assert len(df) == 9
+    assert list(df["ft"]) == ["base"] * 4 + ["lora"] * 5
+    base_variants = list(df.loc[df["ft"] == "base", "variant"])
+    assert base_variants == ["gguf-f16", "gguf-Q8_0", "gguf-Q4_K_M", "gguf-Q3_K_M"]
+    # The not-run variant has no bits/weight, so it sorts last in its group.
+    assert df.iloc[-1]["variant"] == "gguf-Q2_K"
+
+
+def test_results_table_values() -> None:
+    df = results_table(all_results())
+    q4 = table_row(df, "base", "gguf-Q4_K_M")
+    assert q4["size_mb"] == pytest.approx(30.0, rel=1e-6)
+    assert q4["decode_tps"] == 50.0
+    assert q4["decode_tps_p10"] == pytest.approx(47.5)
+    assert q4["ttft_ms"] == pytest.approx(50.0)
+    assert q4["threads"] == 8
+    assert q4["speedup_vs_f16"] == pytest.approx(50.0 / 20.0)
+    assert q4["accuracy_gain_vs_base"] == pytest.approx(0.0)
+    lora_q4 = table_row(df, "lora", "gguf-Q4_K_M")
+    assert lora_q4["speedup_vs_f16"] == pytest.approx(52.0 / 21.0)
+    assert lora_q4["accuracy_gain_vs_base"] == pytest.approx(0.66 - 0.45)
+    assert table_row(df, "lora", "gguf-f16")["speedup_vs_f16"] == pytest.approx(1.0)
+
+
+def test_results_table_missing_blocks_are_nan() -> None:
+    df = results_table(all_results())
+    skipped = table_row(df, "lora", "gguf-Q2_K")
+    assert skipped["status"] == "not_run"
+    assert skipped["reason"] == NOT_RUN_REASON
+    for col in ("size_mb", "decode_tps", "kl_mean", "speedup_vs_f16", "accuracy_gain_vs_base"):
+        assert math.isnan(skipped[col]), col
+    assert pd.isna(skipped["n_test"])
+
+
+def test_results_table_llama_bench_columns() -> None:
+    df = results_table(all_results())
+    q4 = table_row(df, "base", "gguf-Q4_K_M")
+    assert q4["engine_tg_tps"] == pytest.approx(50.0 / ENGINE_RATIO)
+    assert q4["engine_tg_cv"] == pytest.approx(0.5 / (50.0 / ENGINE_RATIO))  # llama-bench's own noise
+    assert q4["engine_pp_tps"] == pytest.approx(600.0)
+    assert q4["python_vs_engine_tg"] == pytest.approx(ENGINE_RATIO)
+    for ft, variant in (("lora", "gguf-Q4_K_M"), ("lora", "gguf-Q2_K")):
+        row = table_row(df, ft, variant)
+        for col in ("engine_tg_tps", "engine_tg_cv", "engine_pp_tps", "python_vs_engine_tg"):
+            assert math.isnan(row[col]), (ft, variant, col)
+
+
+def test_results_table_optional_quality_extras() -> None:
+    plain = make_result("base", *VARIANTS["base"][1])
+    extra = make_result("base", *VARIANTS["base"][2])
+    extra["quality"].update({"kl_p999": 0.9, "dp_mean": -0.01, "dp_rms": 0.05})
+    df = results_table([plain, extra])
+    row = table_row(df, "base", "gguf-Q4_K_M")
+    assert (row["kl_p999"], row["dp_mean"], row["dp_rms"]) == (0.9, -0.01, 0.05)
+    other = table_row(df, "base", "gguf-Q8_0")
+    assert all(math.isnan(other[c]) for c in ("kl_p999", "dp_mean", "dp_rms"))
+
+
+def test_speedup_nan_without_f16_and_gain_nan_without_base() -> None:
+    results = [make_result("lora", *VARIANTS["lora"][2])]
+    row = results_table(results).iloc[0]
+    assert math.isnan(row["speedup_vs_f16"])
+    assert math.isnan(row["accuracy_gain_vs_base"])
+
+
+def test_duplicate_results_keep_the_last(caplog: pytest.LogCaptureFixture) -> None:
+    first = make_result("base", *VARIANTS["base"][2])
+    second = make_result("base", *VARIANTS["base"][2])
+    second["speed"]["decode_tps"]["median"] = 99.0
+    df = results_table([first, second])
+    assert len(df) == 1 and df.iloc[0]["decode_tps"] == 99.0
+    assert "duplicate results" in caplog.text
+
+
+def test_retention_in_results_table() -> None:
+    df = results_table(all_results())
+    # base f16 0.50, lora f16 0.70: a 20-point gain; lora Q4_K_M (0.66) keeps 16 of it.
+    assert table_row(df, "lora", "gguf-Q4_K_M")["retention"] == pytest.approx(0.80)
+    assert table_row(df, "lora", "gguf-Q3_K_M")["retention"] == pytest.approx(0.25)
+    assert table_row(df, "lora", "gguf-f16")["retention"] == pytest.approx(1.0)
+    assert df.loc[df["ft"] == "base", "retention"].isna().all()  # the base model: n/a
+
+
+def test_flip_counts_in_results_table() -> None:
+    df = results_table(answer_results())
+    q4 = table_row(df, "base", "gguf-Q4_K_M")
+    assert (q4["flips_lost"], q4["flips_gained"]) == (1, 1)
+    # No answers at all (the other test results): no counts.
+    assert pd.isna(table_row(results_table(all_results()), "base", "gguf-Q4_K_M")["flips_lost"])
