@@ -35,7 +35,10 @@ GLOSSARY: tuple[dict[str, str], ...] = (
     {"metric": "Size MB", "better": "lower",
      "how": "GGUF file size in MiB (bytes / 2^20)."},
     {"metric": "BPW", "better": "lower",
-     "how": "Bits per weight: file bits divided by the parameter count."},
+     "how": "Effective bits per weight: tensor bytes x 8 / parameters, read from the file. "
+            "\u25c6 N fallback: llama.cpp gave N tensors another type than the requested one (rows that do "
+            "not fit the type's block, e.g. K-quants on widths that are not multiples of 256); the result's "
+            "file.plan lists each tensor, its type and why."},
     {"metric": "Decode tok/s", "better": "higher",
      "how": "Generation throughput, median over the measured repetitions (warm-up excluded); "
             "the 10th-90th percentile spread is in brackets."},
@@ -273,6 +276,15 @@ def _variant_groups(
     return groups
 
 
+def _bpw(r: Mapping[str, Any]) -> str:
+    """Effective bits per weight; with the fallback mark and count where llama.cpp had to give tensors
+    other types than the requested one (quantize.quant_plan)."""
+    bpw = _fmt(r["bits_per_weight"], ".2f")
+    if is_missing(r["n_fallback"]) or not r["n_fallback"]:
+        return bpw
+    return f"{bpw} {MARKS['fallback']} {int(r['n_fallback'])} fallback"
+
+
 def _main_row(r: Mapping[str, Any], recommended: bool) -> list[str]:
     decode = _fmt(r["decode_tps"], ".1f")
     if not (is_missing(r["decode_tps_p10"]) or is_missing(r["decode_tps_p90"])):
@@ -286,7 +298,7 @@ def _main_row(r: Mapping[str, Any], recommended: bool) -> list[str]:
     return [
         r["variant"] + (f" {MARKS['recommended']}" if recommended else ""),
         _fmt(r["size_mb"], ".1f"),
-        _fmt(r["bits_per_weight"], ".2f"),
+        _bpw(r),
         decode,
         _fmt(r["speedup_vs_f16"], ".2f", suffix="x"),
         _fmt(r["decode_cv"], ".1f", scale=100),
