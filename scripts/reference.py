@@ -7,8 +7,9 @@ output.answers; params.bench; threads.
 
 from pathlib import Path
 
-from quantflow.bench import answer_tasks, make_reference, save_reference
+from quantflow.bench import answer_tasks, make_reference
 from quantflow.logs import to_file
+from quantflow.quality import save_reference
 from quantflow.similarity import write_reference_answers
 from quantflow.suites import load_suite
 
