@@ -13,6 +13,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from .gguf_types import UNQUANTIZED, canonical_quant, ggml_types, llama_quant_types, model_widths, predicted_fallbacks
+from .variants import IMAT_SUFFIX
 
 
 class ConfigError(ValueError):
@@ -96,7 +97,6 @@ def normalise_quants(entries: list) -> dict[str, dict]:
     return out
 
 
-IMAT_SUFFIX = "-imat"
 
 
 def quant_variants(cfg: dict) -> dict[str, dict]:

@@ -9,7 +9,7 @@ all variants at once (rule `similarity`).
 
 from datetime import UTC, datetime
 
-from quantflow import provenance
+from quantflow import provenance, variants
 from quantflow.failures import check_model_input, failed_result
 from quantflow.logs import to_file
 from quantflow.prompt_format import load_rendered
@@ -22,12 +22,12 @@ started = datetime.now(UTC).isoformat()
 threads = sm.params.bench["threads"] or sm.threads
 variant = sm.wildcards.variant
 meta = {"model": sm.wildcards.model, "ft": sm.wildcards.ft, "variant": variant}
-if not variant.startswith("hf-"):
+if sm.params.quant is not None:
     meta["quant"] = sm.params.quant
 try:  # one variant's failure is recorded as its result (status failed, why), never the others' end
     check_model_input(sm.input.model, variant)  # complete file, fits in free memory: before loading it
     test, prompts = load_rendered(sm.input.test), load_rendered(sm.input.prompts)
-    if variant.startswith("hf-"):
+    if variants.is_hf(variant):
         from quantflow.hf_bench import run_hf_variant
 
         result = run_hf_variant(sm.input.model, variant, sm.input.reference, test, prompts, sm.params.bench, threads,

@@ -7,9 +7,10 @@ output.answers; params.bench; threads.
 
 from pathlib import Path
 
-from quantflow.bench import answer_tasks, make_reference, save_reference
+from quantflow.bench import answer_tasks, make_reference
 from quantflow.logs import to_file
 from quantflow.prompt_format import load_rendered
+from quantflow.quality import save_reference
 from quantflow.similarity import write_reference_answers
 
 sm = snakemake  # noqa: F821 - injected by Snakemake

@@ -48,10 +48,10 @@ def test_chat_template_renders_every_item_and_both_engines_see_the_same_tokens(q
     assert summary["texts"] == 1 + len(rendered["test"]) + len(rendered["prompts"])
     from llama_cpp import Llama
 
-    from quantflow.bench import encode
+    from quantflow.bench import encode_item
 
     llm = Llama(str(gguf), vocab_only=True, verbose=False)
-    ids = encode(llm, item)
+    ids = encode_item(llm, item)
     assert ids[0] == 151644 and ids.count(151644) == 3  # <|im_start|> x3: system, user, assistant
 
 
