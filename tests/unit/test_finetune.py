@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from quantflow.finetune import load_sft_dataset, merge, train
+from quantflow.finetune import merge, train
 
 PARAMS = dict(
     method="lora",
@@ -106,26 +106,3 @@ def test_merged_logits_equal_base_plus_adapter(adapter, tiny_hf, tmp_path):
         plain = AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32).eval()(x).logits
     assert torch.allclose(got, want, atol=1e-4)
     assert not torch.allclose(got, plain, atol=1e-4)  # the adapter changed something
-
-
-def test_dataset_formats(tmp_path):
-    import pandas as pd
-
-    rows = [{"prompt": "Question: a?\nAnswer:", "completion": " b"}] * 3
-    pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
-    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
-    (tmp_path / "chat.jsonl").write_text(
-        json.dumps({"messages": [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "b"}]}) + "\n"
-    )
-    assert load_sft_dataset(tmp_path / "d.csv").column_names == ["prompt", "completion"]
-    assert len(load_sft_dataset(tmp_path / "d.parquet")) == 3
-    assert load_sft_dataset(tmp_path / "chat.jsonl").column_names == ["messages"]
-    with pytest.raises(ValueError, match="unsupported data file type"):
-        load_sft_dataset(tmp_path / "d.txt")
-
-
-def test_dataset_without_fields(tmp_path):
-    p = tmp_path / "bad.jsonl"
-    p.write_text('{"question": "a", "answer": "b"}\n')
-    with pytest.raises(ValueError, match="bad.jsonl: rows lack field"):
-        load_sft_dataset(p)
