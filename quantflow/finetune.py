@@ -1,4 +1,4 @@
-"""Fine-tuning with trl's SFTTrainer + peft, and merging adapters back into a full-precision base."""
+"""Fine-tuning with trl's SFTTrainer + peft (the merge and its check: quantflow.merge)."""
 
 from __future__ import annotations
 
@@ -198,24 +198,3 @@ def train(base_dir: str, train_path: str, eval_path: str, adapter_dir: str, para
     }
     log.info("done: train loss %.4f, eval loss %.4f, %.1f s", metrics["train_loss"], metrics["eval_loss"], wall)
     return metrics
-
-
-def merge(base_dir: str, adapter_dir: str, out_dir: str) -> None:
-    """Merge an adapter into a full-precision (fp32) copy of the base and save it.
-
-    Always fp32 and never a quantized base, QLoRA adapters included: merging into 4-bit weights
-    rounds the update away. A `full` fine-tune has no adapter: its model is saved as is.
-    """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if (Path(adapter_dir) / "adapter_config.json").exists():
-        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    else:
-        merged = AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=torch.float32)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out)
-    save_tokenizer(AutoTokenizer.from_pretrained(base_dir), out, Path(base_dir) / "tokenizer.model")
