@@ -124,9 +124,10 @@ def merge_need(numel: int, dtype: str, vocab: int, adapter_bytes: int, method: s
     One model in memory at a time: the base in its own dtype with the adapter (cast to fp32), merged
     in place and saved (safetensors writes from the tensors' own memory, no copy); the reload, after
     the merged model is freed; for QLoRA the quantized base for the drift (see QUANT_LOAD_BYTES), after
-    the reload is freed. Held-out logits in fp32: three copies of n_tokens x vocab. Measured on a
-    0.33 B Llama: peak RSS 2,031 MiB (fp32, LoRA) where this says 2,140; 1,403 (bf16, LoRA) for 1,503;
-    1,950 (bf16, QLoRA 4-bit) for 2,140.
+    the reload is freed. Held-out logits in fp32, n_tokens x vocab: two kept (unmerged, reloaded), up to
+    four more while comparing (the KL's log-softmaxes). Measured on a
+    0.33 B Llama: peak RSS 2,031 MiB (fp32, LoRA) where this says 2,236; 1,403 (bf16, LoRA) for 1,598;
+    1,950 (bf16, QLoRA 4-bit) for 2,236.
     """
     weights = numel * DTYPE_BYTES[dtype]
     if method in ("qlora4", "qlora8"):
@@ -134,7 +135,7 @@ def merge_need(numel: int, dtype: str, vocab: int, adapter_bytes: int, method: s
     return {
         "weights": weights,
         "adapter": 2 * adapter_bytes,
-        "logits": 3 * n_tokens * vocab * 4,
+        "logits": 6 * n_tokens * vocab * 4,
         "runtime": HF_OVERHEAD_MB * MB,
     }
 
@@ -149,10 +150,15 @@ CONVERT_TENSOR_COPIES = 3
 def convert_need(largest: int) -> dict[str, int]:
     """Peak bytes of converting an HF directory to GGUF, by part: it depends on the largest tensor only.
 
-    Measured on a 0.33 B Llama (largest tensor 32.8 M elements): peak RSS 579 MiB (fp32 source) and
-    644 MiB (bf16) where this says 1,143.
+    Measured: a 0.33 B Llama (largest tensor 32.8 M elements): peak RSS 579 MiB (fp32 source) and
+    644 MiB (bf16) where this says 1,143; a 128k x 2048 embedding (Llama-3.2-1B's, 263 M elements):
+    1,886 and 2,389 MiB where this says 3,774.
     """
     return {"tensors": CONVERT_TENSOR_COPIES * largest * 4, "runtime": CONVERT_OVERHEAD_MB * MB}
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
 def _refuse(what: str, parts: dict[str, int], doing: str, fix: str, available: int | None) -> int:
@@ -181,7 +187,7 @@ def check_merge_memory(
         "run the merge where more memory is free (stop other jobs, or a larger node: raise the merge rule's "
         "mem_mb for a cluster)"
     )
-    return _refuse(f"merge into {base_dir} ({numel / 1e9:.2f} B parameters, {dtype})", parts, "to merge", fix,
+    return _refuse(f"merge into {base_dir} ({_params(numel)} parameters, {dtype})", parts, "to merge", fix,
                    available)  # fmt: skip
 
 
@@ -189,5 +195,5 @@ def check_convert_memory(hf_dir: str | Path, available: int | None = None) -> in
     """Raise InsufficientMemory unless converting ``hf_dir`` to GGUF fits; return the need."""
     numel, largest = hf_numel(hf_dir)
     fix = "run the conversion where more memory is free (stop other jobs, or a larger node)"
-    return _refuse(f"convert {hf_dir} ({numel / 1e9:.2f} B parameters)", convert_need(largest),
+    return _refuse(f"convert {hf_dir} ({_params(numel)} parameters)", convert_need(largest),
                    "to convert", fix, available)  # fmt: skip

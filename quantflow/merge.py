@@ -242,6 +242,7 @@ def merge_checked(
             f"merge of {adapter_dir} into {base_dir}: the merged model reloaded from disk is wrong on "
             f"{ids.shape[0]} held-out sequence(s): {'; '.join(wrong)}"
         )
+    want = None
     if has_adapter and method in ("qlora4", "qlora8"):
         from peft import PeftModel
 
