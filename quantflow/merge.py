@@ -64,10 +64,11 @@ def heldout_ids(tokenizer, text: str, n: int = N_SEQUENCES, length: int = SEQ_LE
 
 
 def logits(model, ids):
+    """fp32 logits on the CPU, wherever the model runs (a QLoRA base is loaded on the GPU when there is one)."""
     import torch
 
     with torch.no_grad():
-        return model(input_ids=ids).logits.float()
+        return model(input_ids=ids.to(model.device)).logits.float().cpu()
 
 
 def compare(got, want) -> dict:
