@@ -78,10 +78,60 @@ def refusal(
     )
 
 
+def _cgroup_room(d: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    try:
+        limit = (d / limit_file).read_text().strip()
+        usage = int((d / usage_file).read_text())
+        stat = dict(line.split() for line in (d / "memory.stat").read_text().splitlines() if " " in line)
+    except (OSError, ValueError):
+        return None
+    if limit == "max" or int(limit) >= 1 << 60:  # v2 "max"; v1 reports "no limit" as ~2^63
+        return None
+    return int(limit) - usage + int(stat.get(inactive_key, 0))
+
+
+def cgroup_room(root: str | Path = "/sys/fs/cgroup", self_cgroup: str | Path = "/proc/self/cgroup") -> int | None:
+    """Bytes this process's memory cgroup and its ancestors still allow; None where none sets a limit.
+
+    A batch job (SLURM, Kubernetes) runs in a cgroup much smaller than the node: the node's free
+    memory is then the wrong figure, and the kernel's OOM killer acts on the cgroup's limit. Room is
+    the limit minus the working set (usage less inactive file pages, which the kernel reclaims first;
+    kubelet counts it so), the least over the cgroup and every ancestor (a job's limit sits above its
+    steps' cgroups). cgroup v2 and v1.
+    """
+    root = Path(root)
+    try:
+        lines = Path(self_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    rooms = []
+    for line in lines:
+        hid, controllers, path = line.split(":", 2)
+        if hid == "0" and not controllers:
+            base = root if (root / "cgroup.controllers").exists() else root / "unified"
+            files = ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        d = base / path.lstrip("/")
+        while True:
+            room = _cgroup_room(d, *files)
+            if room is not None:
+                rooms.append(room)
+            if d == base or base not in d.parents:
+                break
+            d = d.parent
+    return min(rooms) if rooms else None
+
+
 def available_bytes() -> int:
+    """Memory a job can still use: the node's available memory, or less where its cgroup limits it."""
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    node = int(psutil.virtual_memory().available)
+    room = cgroup_room()
+    return node if room is None else max(0, min(node, room))
 
 
 def check_memory(model: str | Path, available: int | None = None) -> int:

@@ -150,3 +150,31 @@ def test_convert_keeps_a_16_bit_type_and_gives_fp32_an_f16(dtype, want, tiny_hf,
     assert convert(src, out, LLAMA_CPP_DIR) == want
     types = tensor_summary(out)["tensor_types"]
     assert max(types, key=types.get) == want  # the matrices hold the type the file says
+
+
+def _files(d: Path, **files) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (d / name.replace("_", ".", 1)).write_text(text)
+
+
+def test_a_batch_job_counts_its_cgroup_limit_not_the_node(tmp_path):
+    """A SLURM step in cgroup v2: the job's 8 GiB limit (an ancestor) binds, less its working set."""
+    root = tmp_path / "v2"
+    (root).mkdir()
+    (root / "cgroup.controllers").write_text("cpu memory\n")
+    job = root / "system.slice" / "slurmstepd.scope" / "job_7"
+    _files(job, memory_max=str(8 * GiB), memory_current=str(3 * GiB), memory_stat=f"anon 1\ninactive_file {GiB}\n")
+    _files(job / "step_0", memory_max="max", memory_current=str(GiB), memory_stat="inactive_file 0\n")
+    me = tmp_path / "cgroup"
+    me.write_text("0::/system.slice/slurmstepd.scope/job_7/step_0\n")
+    assert memory.cgroup_room(root, me) == 8 * GiB - 3 * GiB + GiB
+    # cgroup v1 (this layout: one line per controller), no limit set: nothing to say
+    v1 = tmp_path / "v1"
+    _files(v1 / "memory" / "jobs" / "a", memory_limit_in_bytes="9223372036854771712", memory_usage_in_bytes="5",
+           memory_stat="total_inactive_file 0\n")  # fmt: skip
+    (tmp_path / "cg1").write_text("4:memory:/jobs/a\n1:cpu:/\n0::/\n")
+    assert memory.cgroup_room(v1, tmp_path / "cg1") is None
+    _files(v1 / "memory" / "jobs" / "a", memory_limit_in_bytes=str(2 * GiB), memory_stat="total_inactive_file 7\n")
+    assert memory.cgroup_room(v1, tmp_path / "cg1") == 2 * GiB - 5 + 7
+    assert memory.cgroup_room(tmp_path, tmp_path / "missing") is None
