@@ -132,7 +132,10 @@ def gguf_plan(gguf: str | Path, plan_file: str | Path | None, ftype: str) -> dic
     from the file itself."""
     if plan_file:
         return json.loads(Path(plan_file).read_text())
-    return quant_plan(tensor_summary(gguf), {"type": ftype}, "")
+    summary = tensor_summary(gguf)
+    # The converter's --outtype auto keeps a bf16 model BF16: the file's own weight type is what was asked.
+    weights = Counter(t for t, shape, _ in summary["tensors"].values() if is_weight(shape))
+    return quant_plan(summary, {"type": weights.most_common(1)[0][0] if weights else ftype}, "")
 
 
 def quantize(src: str | Path, dst: str | Path, opts: dict, threads: int, llama_cpp_dir, imatrix=None) -> dict:
