@@ -136,9 +136,13 @@ def recommend(
 
     A budget whose column no variant of the group measured (VRAM on a CPU-only run) is "n/a":
     stated, and not applied. Each entry is ``{model, ft, kind, label, variant, why, constraint,
-    bound_by, closest, misses}``: ``bound_by`` lists the constraint keys that excluded a faster
-    variant; when nothing qualifies, ``variant`` is None and ``closest`` / ``misses`` name the
+    bound_by, closest, misses, runner_up}``: ``bound_by`` lists the constraint keys that excluded a
+    faster variant; ``runner_up`` (constrained kinds) is the variant that would be chosen without the
+    chosen one; when nothing qualifies, ``variant`` is None and ``closest`` / ``misses`` name the
     nearest candidate (smallest summed relative shortfall) and by how much it misses each limit.
+
+    This is the whole interface the report relies on: the table in, these entries out. How the
+    candidates are ranked (ties, uncertainty) may change here without the pages changing.
     """
     constraints = make_constraints(quality_floor_kl, budgets)
     ok = df.loc[df["status"] == "ok"]
@@ -179,6 +183,7 @@ def _entry(kind: str, label: str, row: pd.Series | None, why: str, **extra: Any)
         "bound_by": list(extra.get("bound_by", [])),
         "closest": extra.get("closest"),
         "misses": list(extra.get("misses", [])),
+        "runner_up": extra.get("runner_up"),
     }
 
 
@@ -266,8 +271,9 @@ def _constrained_entry(
         else:
             notes = ", ".join(_value_note(budget, r) for _, r in blocked.iterrows())
             bound_part = f"bound by the {budget.name}: excludes faster {notes}"
+    runner_up = str(chosen.iloc[1]["variant"]) if len(chosen) > 1 else None
     return _entry(kind, label, row, _join_clauses(why, bound_part, na_part), constraint=constraint,
-                  bound_by=list(bound))  # fmt: skip
+                  bound_by=list(bound), runner_up=runner_up)  # fmt: skip
 
 
 def _ranked(group: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.DataFrame:

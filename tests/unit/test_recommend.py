@@ -69,8 +69,10 @@ def test_recommend_known_answers() -> None:
     why = _pick(recs, "base", "recommended")["why"]
     assert why == "50.0 tok/s (2.5x f16), KL 0.03 <= floor 0.05, 30.0 MB"
     keys = {"model", "ft", "kind", "label", "variant", "why", "constraint", "bound_by", "closest", "misses"}
+    keys.add("runner_up")
     assert all(set(r) == keys for r in recs)
     # lora's fastest (Q3_K_M, KL 0.15) is over the floor: the floor is what bound the choice.
+    assert _pick(recs, "base", "recommended")["runner_up"] == "gguf-Q8_0"  # the next fastest within the floor
     lora = _pick(recs, "lora", "recommended")
     assert lora["bound_by"] == ["quality_floor_kl"]
     assert "bound by the KL floor (excludes faster gguf-Q3_K_M (KL 0.15))" in lora["why"]
