@@ -27,9 +27,9 @@ PYTEST_ARGS ?=
 # Downloaded llama-cpp-python sdists live outside .venv so that rebuilding it does not download again.
 SDIST_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/quantflow/sdist
 
-# The install is redone when pyproject.toml or constraints.txt change (content, not mtime): the stamp's
-# name carries a hash of both.
-DEPS_HASH := $(shell cat pyproject.toml constraints.txt | { sha256sum 2>/dev/null || shasum -a 256; } | cut -c1-16)
+# The install is redone when pyproject.toml, constraints.txt or what is taken from the llama.cpp sources
+# change (content, not mtime): the stamp's name carries a hash of them.
+DEPS_HASH := $(shell cat pyproject.toml constraints.txt scripts/setup_llama_cpp.py | { sha256sum 2>/dev/null || shasum -a 256; } | cut -c1-16)
 INSTALL_STAMP := $(VENV)/.installed-$(DEPS_HASH)
 TORCH_PIN := $(shell grep -E '^torch==' constraints.txt)
 PIP_PIN := $(shell grep -E '^pip==' constraints.txt)

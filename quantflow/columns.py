@@ -48,6 +48,15 @@ def _engine(r: Mapping[str, Any]) -> str:
     return fmt(r["engine_tg_tps"], ".1f") + cv
 
 
+def _bpw(r: Mapping[str, Any]) -> str:
+    """Effective bits per weight; with the fallback mark and count where llama.cpp had to give tensors
+    other types than the requested one (quantize.quant_plan)."""
+    bpw = fmt(r["bits_per_weight"], ".2f")
+    if is_missing(r["n_fallback"]) or not r["n_fallback"]:
+        return bpw
+    return f"{bpw} {MARKS['fallback']} {int(r['n_fallback'])} fallback"
+
+
 def _pair(a: Any, b: Any, spec: str) -> str:
     return MISSING if is_missing(a) else f"{fmt(a, spec)} / {fmt(b, spec)}"
 
@@ -70,7 +79,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("speed", "Latency ms", lambda r: fmt(r["latency_s"], ".1f", scale=1000), "latency_target_ms"),
     Column("speed", "Bandwidth %", lambda r: na(r["bandwidth_fraction"], ".0f", scale=100)),
     Column("memory", "Size MB", lambda r: fmt(r["size_mb"], ".1f")),
-    Column("memory", "BPW", lambda r: fmt(r["bits_per_weight"], ".2f")),
+    Column("memory", "BPW", _bpw),
     Column("memory", "Peak RSS MB", lambda r: fmt(r["peak_rss_mb"], ".0f"), "ram_budget_mb"),
     Column("memory", "Peak VRAM MB", lambda r: na(r["peak_vram_mb"], ".0f"), "vram_budget_mb"),
     Column("memory", "GPU util %", lambda r: na(r["gpu_util_mean_pct"], ".0f")),

@@ -12,9 +12,8 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-# llama.cpp's aliases: the type without a size suffix is the medium size (llama-quantize --help).
-QUANT_ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
-FTYPE_PREFIX = "LLAMA_FTYPE_MOSTLY_"
+from .gguf_types import UNQUANTIZED, canonical_quant, ggml_types, llama_quant_types, model_widths, predicted_fallbacks
+from .variants import IMAT_SUFFIX
 
 
 class ConfigError(ValueError):
@@ -77,29 +76,6 @@ def schema_errors(cfg: dict, schema: dict) -> list[str]:
     return lines
 
 
-def llama_quant_types() -> dict[str, int]:
-    """Quantization types llama.cpp accepts, from llama-cpp-python's own ftype constants."""
-    import llama_cpp
-
-    return {
-        name[len(FTYPE_PREFIX) :]: getattr(llama_cpp, name)
-        for name in dir(llama_cpp)
-        if name.startswith(FTYPE_PREFIX) and not name.endswith("GUESSED")
-    }
-
-
-def ggml_types() -> dict[str, int]:
-    """ggml tensor type names (for per-tensor overrides), from the gguf reader's enum."""
-    from gguf import GGMLQuantizationType
-
-    return {t.name: int(t.value) for t in GGMLQuantizationType}
-
-
-def canonical_quant(name: str) -> str:
-    up = name.upper()
-    return QUANT_ALIASES.get(up, up)
-
-
 def normalise_quants(entries: list) -> dict[str, dict]:
     """Config quant entries -> {canonical type: options}; raises ConfigError on unknown names."""
     known = llama_quant_types()
@@ -108,8 +84,8 @@ def normalise_quants(entries: list) -> dict[str, dict]:
     for i, e in enumerate(entries):
         opts = {"type": e} if isinstance(e, str) else dict(e)
         t = canonical_quant(opts["type"])
-        if t not in known or t in ("F16", "F32", "BF16", "ALL_F32"):
-            valid = ", ".join(sorted(k for k in known if k not in ("F16", "F32", "BF16", "ALL_F32")))
+        if t not in known or t in UNQUANTIZED:
+            valid = ", ".join(sorted(k for k in known if k not in UNQUANTIZED))
             raise ConfigError(f"config key quants[{i}]: unknown quantization type {opts['type']!r}; valid: {valid}")
         if t in out:
             raise ConfigError(f"config key quants[{i}]: {t} is listed twice (aliases resolve to one name)")
@@ -121,7 +97,6 @@ def normalise_quants(entries: list) -> dict[str, dict]:
     return out
 
 
-IMAT_SUFFIX = "-imat"
 
 
 def quant_variants(cfg: dict) -> dict[str, dict]:
@@ -189,7 +164,6 @@ def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
                     f"config key models[{i}].data.calibration: required when imatrix.types is set "
                     "(calibration text for the importance matrix; never the held-out text)"
                 )
-    errs.extend(_demo_dims_errors(cfg))
     errs.extend(_gpu_errors(cfg))
     errs.extend(_budget_unit_errors(cfg.get("report", {})))
     b = cfg["bench"]
@@ -201,39 +175,54 @@ def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
     return errs
 
 
-def kquant_types(cfg: dict) -> list[str]:
-    """The configured GGUF types that quantize in 256-wide super-blocks (K-quants, IQ and TQ types)."""
-    from .quantize import needs_qk_k
+def fallback_warnings(key: str, dims: dict[str, int], cfg: dict, what: str) -> list[str]:
+    """One line per configured type for which llama.cpp is predicted to write fallback types.
 
-    types = [canonical_quant(q if isinstance(q, str) else q["type"]) for q in cfg["quants"]]
-    types += [canonical_quant(t) for t in cfg.get("imatrix", {}).get("types", [])]
-    return sorted({t for t in types if needs_qk_k(t)})
-
-
-def _fallback_line(key: str, dims: dict[str, int], kq: list[str], what: str) -> list[str]:
-    """One line naming the tensors a K-quant would silently give other types, or none."""
-    from .quantize import QK_K, predicted_fallbacks
-
-    bad = predicted_fallbacks(dims["hidden"], dims["ffn"], dims["q_width"])
-    if not bad or not kq:
-        return []
-    widths = ", ".join(f"{n} ({w})" for n, w in bad.items())
-    return [
-        f"config key {key}: {what}: row widths not a multiple of {QK_K}, so {', '.join(kq)} would fall back to "
-        f"other types for {widths}; quantize this model with non-K types (Q8_0, Q5_0, Q4_0) or drop those types"
-    ]
+    A warning, never an error: llama.cpp makes these files (the GGUFs published for such models hold
+    the same fallback tensors), and the quantize job records what it really did.
+    """
+    widths = model_widths(dims["hidden"], dims["ffn"], dims["q_width"], dims.get("tied", False))
+    out = []
+    for variant, opts in quant_variants(cfg).items():
+        bad = predicted_fallbacks(widths, opts["type"], dims.get("tied", False), opts)
+        if bad:
+            strict = " and strict_types is set, so its quantize job will fail" if opts.get("strict_types") else ""
+            out.append(
+                f"config key {key}: {what}: llama.cpp will write other types for {len(bad)} tensor role(s) of "
+                f"{variant}{strict}: {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} (the report marks it)"
+            )
+    return out
 
 
 def _model_dir_errors(key: str, d: Path, cfg: dict) -> list[str]:
-    """A local model directory: complete weights, a tokenizer, and widths the K-quants can use."""
-    from .inputs import InputError, check_hf_dir, hf_dims
+    """A local model directory: complete weights and a tokenizer."""
+    from .inputs import InputError, check_hf_dir
 
     try:
         check_hf_dir(d)
-        dims = hf_dims(d)
     except (InputError, OSError, ValueError) as e:
         return [f"config key {key}: {e}"]
-    return _fallback_line(key, dims, kquant_types(cfg), str(d)) if dims else []
+    return []
+
+
+def model_warnings(cfg: dict, base_dir: Path) -> list[str]:
+    """Things a user should know before the run that are not errors: predicted fallback types."""
+    from .inputs import hf_dims
+
+    out = []
+    for i, m in enumerate(cfg["models"]):
+        if m["source"] == "local":
+            try:
+                dims = hf_dims(base_dir / m["path"])
+            except (OSError, ValueError):
+                continue
+            if dims:
+                out.extend(fallback_warnings(f"models[{i}].path", dims, cfg, m["path"]))
+        elif m["source"] == "demo":
+            d = cfg["demo"]["model"]
+            dims = {"hidden": d["hidden_size"], "ffn": d["intermediate_size"], "q_width": d["heads"] * d["head_dim"]}
+            out.extend(fallback_warnings("demo.model", dims, cfg, "the demo model"))
+    return out
 
 
 def _data_file_errors(key: str, field: str, path: Path) -> list[str]:
@@ -244,15 +233,6 @@ def _data_file_errors(key: str, field: str, path: Path) -> list[str]:
     except (InputError, OSError, ValueError) as e:
         return [f"config key {key}: {e}"]
     return []
-
-
-def _demo_dims_errors(cfg: dict) -> list[str]:
-    """The demo's attention width (heads x head_dim) must suit K-quants like its other widths (schema)."""
-    if not any(m["source"] == "demo" for m in cfg["models"]):
-        return []
-    m = cfg["demo"]["model"]
-    dims = {"hidden": m["hidden_size"], "ffn": m["intermediate_size"], "q_width": m["heads"] * m["head_dim"]}
-    return _fallback_line("demo.model.heads", dims, kquant_types(cfg), f"heads x head_dim = {dims['q_width']}")
 
 
 # Variants that cannot run without a CUDA GPU (quantflow.hf_bench.unavailable_reason says why at run time).

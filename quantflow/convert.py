@@ -22,8 +22,14 @@ def converter_path(llama_cpp_dir: str | Path) -> Path:
     return script
 
 
-def convert(hf_dir: str | Path, out: str | Path, llama_cpp_dir: str | Path, outtype: str = "f16") -> None:
-    """Convert an HF directory to GGUF; write to a temporary name and move into place when valid."""
+def convert(
+    hf_dir: str | Path, out: str | Path, llama_cpp_dir: str | Path, outtype: str = "f16", verify=None
+) -> None:
+    """Convert an HF directory to GGUF; write to a temporary name and move into place when valid.
+
+    ``verify(path)``, when given, checks the converted file before it is moved into place (the convert
+    job checks tokenizer parity there), so a file that fails it never appears at ``out``.
+    """
     hf_dir = Path(hf_dir)
     check_hf_dir(hf_dir)  # config, complete weights, tokenizer: a clear error, not the converter's traceback
     script = converter_path(llama_cpp_dir)
@@ -38,3 +44,5 @@ def convert(hf_dir: str | Path, out: str | Path, llama_cpp_dir: str | Path, outt
         if proc.returncode != 0:
             raise RuntimeError(f"convert_hf_to_gguf.py failed on {hf_dir} (exit {proc.returncode}); see the log above")
         check_gguf(tmp)
+        if verify is not None:
+            verify(tmp)

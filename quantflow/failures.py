@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from . import variants
+
 log = logging.getLogger(__name__)
 
 MAX_REASON = 600
@@ -24,7 +26,7 @@ def check_model_input(model: str | Path, variant: str) -> None:
     from .memory import check_memory
     from .quantize import check_gguf
 
-    if variant.startswith("hf-"):
+    if variants.is_hf(variant):
         check_hf_dir(model)
     else:
         check_gguf(model)
@@ -42,12 +44,9 @@ def reason_of(exc: BaseException) -> str:
 def failed_result(meta: dict, exc: BaseException) -> dict:
     """A schema-valid result of status failed for the variant named in ``meta`` (no provenance yet)."""
     variant = meta["variant"]
-    hf = variant.startswith("hf-")
-    out = {"schema_version": 1, **meta, "format": "hf" if hf else "gguf", "status": "failed", "reason": reason_of(exc)}
-    if hf and "quant" not in out:
-        from .hf_bench import QUANT
-
-        if variant in QUANT:
-            out["quant"] = QUANT[variant]
+    fmt = variants.format_of(variant)
+    out = {"schema_version": 1, **meta, "format": fmt, "status": "failed", "reason": reason_of(exc)}
+    if "quant" not in out and (quant := variants.quant_label(variant)) is not None:
+        out["quant"] = quant
     log.error("%s failed: %s", variant, out["reason"], exc_info=exc)
     return out

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from .atomic import atomic_path
 from .inputs import TOKENIZER_FILES, InputError
 
@@ -34,8 +36,16 @@ log = logging.getLogger(__name__)
 # Packages a GPTQ run needs, by import name.
 REQUIRED = ("gptqmodel", "optimum")
 BITS = 4  # the variant's name says 4: hf-gptq4
-# group_size 128 divides every K-quant-compatible width (multiples of 256) the config accepts.
-DEFAULTS = {"group_size": 128, "desc_act": False, "sym": True, "damp_percent": 0.05, "max_samples": 512}
+_CONFIG_SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _schema_defaults() -> dict:
+    """The settings' defaults, read from the config schema: they are written there alone (with their whys)."""
+    props = yaml.safe_load(_CONFIG_SCHEMA.read_text(encoding="utf-8"))["properties"]["gptq"]["properties"]
+    return {k: v["default"] for k, v in props.items()}
+
+
+DEFAULTS = _schema_defaults()
 # Tokenizer files copied from the source model over the ones GPTQModel saves, so that hf-gptq4 tokenizes
 # exactly as the model it was made from (GPTQModel re-saves the tokenizer through its own wrapper).
 _TOKENIZER_EXTRA = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")

@@ -1,10 +1,9 @@
-"""Speed, memory and quality of HF-side variants (unquantized and quantized at load), same protocol as GGUF.
+"""The transformers engine: speed, memory and quality of HF-side variants (unquantized and quantized at load).
 
-The variants run through transformers instead of llama.cpp but are measured exactly like the GGUF ones
-in :mod:`quantflow.bench`: speed in a fresh interpreter with a fixed thread count, warm-up discarded and
-repetitions until the decode median converges; quality on the reference's own token ids (no
-re-tokenization), scored on the second half of each chunk and compared by top-k KL; answers by greedy
-decoding stopped at newline/EOS.
+The variants run through transformers instead of llama.cpp but are measured exactly like the GGUF ones:
+the protocol is :mod:`quantflow.speed`'s, the quality figures :mod:`quantflow.quality`'s (on the
+reference's own token ids), answers by greedy decoding stopped at newline/EOS. A suite item becomes
+token ids in :func:`encode_item` alone.
 
     hf-fp32   unquantized float32 (a bf16 run would be named hf-bf16; on CPU fp32 is the baseline)
     hf-bnb8   bitsandbytes LLM.int8, quantized at load
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import json
 import logging
 import sys
 import threading
@@ -25,16 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stats
-from .bench import load_reference, peak_rss_mb, rss_mb, run_isolated, speed_summary
-from .bench import quality_of as bench_quality_of
-from .tasks import accuracy_summary, check, first_line
-from .telemetry import GpuSampler
+from . import quality, speed
+from .tasks import checked_answers
+from .variants import HF_QUANT as QUANT
+from .variants import HF_VARIANTS
 
 log = logging.getLogger(__name__)
-
-HF_VARIANTS = ("hf-fp32", "hf-bnb8", "hf-nf4", "hf-gptq4")
-QUANT = {"hf-fp32": "F32", "hf-bnb8": "INT8", "hf-nf4": "NF4", "hf-gptq4": "GPTQ4"}
 
 GPTQ_NOT_INSTALLED = (
     "GPTQModel is not installed: `make venv` installs it (by hand: pip install -e '.[gptq]' then "
@@ -172,8 +166,10 @@ def _stop_ids(tok) -> list[int]:
     return [t for t in (tok.eos_token_id, nl) if t is not None]
 
 
-def _encode(tok, text: str) -> list[int]:
-    return tok(text, add_special_tokens=True).input_ids  # adds BOS, as llama.cpp's add_bos=True
+def encode_item(tok, item: dict) -> list[int]:
+    """A suite item's tokens, as bench.encode_item makes them on the GGUF path: the same rendered text, BOS
+    added only where the item says (a chat template writes its own)."""
+    return tok(item["prompt"], add_special_tokens=item.get("add_bos", True)).input_ids
 
 
 def _generate_kwargs(tok, ids: list[int], max_new: int, device) -> dict:
@@ -261,73 +257,35 @@ def _free_memory() -> None:
 def measure_speed(
     hf_dir: str | Path, variant: str, cfg: dict, threads: int, prompt_ids: list[int], suite: list[dict]
 ) -> tuple[dict, dict]:
-    """Load time, prompt/decode rates, TTFT and latency over the prompt suite; then memory.
+    """:func:`quantflow.speed.measure` for an HF variant.
 
-    Same protocol and keys as :func:`quantflow.bench.measure_speed`. The baseline RSS is taken after
-    torch/transformers (and bitsandbytes) are imported, so model_rss_mb is the model and its
-    inference buffers, not the framework; peak_rss_mb includes everything. Peak VRAM and GPU
-    utilisation are sampled through NVML throughout (None without a GPU).
+    torch/transformers (and bitsandbytes) are imported first, so the baseline RSS holds the framework
+    and model_rss_mb is the model and its inference buffers; peak_rss_mb includes everything.
     """
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
     if QUANT[variant] in ("INT8", "NF4"):
         import bitsandbytes  # noqa: F401
-    baseline = rss_mb()
-    with GpuSampler() as gpu:
-        speed, memory = _measure_speed(hf_dir, variant, cfg, threads, prompt_ids, suite)
-    memory.update(gpu.summary(), baseline_rss_mb=baseline, model_rss_mb=memory["peak_rss_mb"] - baseline)
-    return speed, memory
-
-
-def _measure_speed(
-    hf_dir: str | Path, variant: str, cfg: dict, threads: int, prompt_ids: list[int], suite: list[dict]
-) -> tuple[dict, dict]:
-    warm, reps = cfg["warmup"], cfg["repetitions"]
     for f in sorted(Path(hf_dir).glob("*.safetensors")):
         f.read_bytes()  # page cache warm: load time measures loading (and quantizing), not the disk
-    load_s: list[float] = []
-    model = tok = None
-    for i in range(warm + reps):
-        model = tok = None  # the previous load is freed before the next one, as bench closes its llm
-        _free_memory()
-        t0 = time.perf_counter()
-        model, tok = load_hf(hf_dir, variant, threads)
-        if i >= warm:
-            load_s.append(time.perf_counter() - t0)
-    prompt = [int(t) for t in prompt_ids[: cfg["prompt_tokens"]]]
-    pp, tg = [], []
-    for _ in range(warm):
-        decode_run(model, prompt, cfg["gen_tokens"])
-    while len(tg) < cfg["max_repetitions"]:
-        p, d = decode_run(model, prompt, cfg["gen_tokens"])
-        pp.append(p)
-        tg.append(d)
-        if len(tg) >= reps and stats.converged(tg, cfg["target_ci"]):
-            break
-    ttft, lat = [], []
-    suite_tokens = [_encode(tok, s["prompt"]) for s in suite]
-    for i in range(warm + reps):
-        for ids in suite_tokens:
-            _, t_first, t_all = stream_greedy(model, tok, ids, cfg["max_answer_tokens"])
-            if i >= warm:
-                ttft.append(t_first)
-                lat.append(t_all)
-    peak = peak_rss_mb()
-    del model, tok
-    _free_memory()
-    speed, memory = speed_summary(cfg, threads, len(prompt), load_s, pp, tg, ttft, lat)
-    memory["peak_rss_mb"] = peak
-    log.info(
-        "%s: decode %.1f tok/s (CV %.1f %%, %d runs), prompt %.1f tok/s, peak RSS %.1f MB",
-        variant,
-        speed["decode_tps"]["median"],
-        100 * speed["decode_tps"]["cv"],
-        len(tg),
-        speed["prompt_tps"]["median"],
-        peak,
+
+    def answer(loaded, ids: list[int], max_new: int) -> tuple[float, float]:
+        _, ttft, total = stream_greedy(*loaded, ids, max_new)
+        return ttft, total
+
+    return speed.measure(
+        load=lambda: load_hf(hf_dir, variant, threads),
+        free=_free_memory,
+        decode=lambda loaded, prompt, n_gen: decode_run(loaded[0], prompt, n_gen),
+        answer=answer,
+        encode=lambda loaded, item: encode_item(loaded[1], item),
+        cfg=cfg,
+        threads=threads,
+        prompt=[int(t) for t in prompt_ids],
+        suite=suite,
+        what=variant,
     )
-    return speed, memory
 
 
 def measure_isolated(
@@ -359,15 +317,15 @@ def measure_isolated(
         "reference": str(reference_path),
         "test": test,
     }
-    return run_isolated("quantflow.hf_bench", payload, f"{variant} ({hf_dir})")
+    return speed.run_isolated("quantflow.hf_bench", payload, f"{variant} ({hf_dir})")
 
 
 def quality_and_answers(hf_dir: str | Path, variant: str, ref: dict, test: list[dict], cfg: dict, threads: int) -> dict:
     """Quality against the reference, checked answers and the size figures, from one load of the variant."""
     model, tok = load_hf(hf_dir, variant, threads)
-    quality = quality_of(model, ref)
+    qual = quality_of(model, ref)
     answers, acc = answers_of(model, tok, test, cfg)
-    quality.update(acc)
+    qual.update(acc)
     # bitsandbytes quantizes at load: there is no file of the variant, so its size is the loaded
     # model's parameters and buffers (get_memory_footprint; bnb's quantization constants excluded).
     # GPTQ has a checkpoint: its weights' bytes on disk, as for a GGUF file.
@@ -375,33 +333,28 @@ def quality_and_answers(hf_dir: str | Path, variant: str, ref: dict, test: list[
         size = sum(f.stat().st_size for f in Path(hf_dir).glob("*.safetensors"))
     else:
         size = int(model.get_memory_footprint())
-    out = {"quality": quality, "answers": answers, "size": size, "n_params": n_params(model),
-           "kernel": quant_kernel(model), "device": device_name()}  # fmt: skip
+    out = {"quality": qual, "answers": answers, "size": size, "n_params": n_params(model)}
+    out.update(kernel=quant_kernel(model), device=device_name())
     del model, tok
     _free_memory()
     return out
 
 
-def _main() -> None:
-    """Entry point of the isolated measurement: JSON job on stdin, JSON result on stdout."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+def _isolated_job(job: dict) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per load, all carriage returns, in the caller's log
-    job = json.loads(sys.stdin.read())
-    speed, memory = measure_speed(
-        job["hf_dir"], job["variant"], job["cfg"], job["threads"], job["prompt"], job["suite"]
-    )
-    ref = load_reference(job["reference"])
+    sp, memory = measure_speed(job["hf_dir"], job["variant"], job["cfg"], job["threads"], job["prompt"], job["suite"])
+    ref = quality.load_reference(job["reference"])
     out = quality_and_answers(job["hf_dir"], job["variant"], ref, job["test"], job["cfg"], job["threads"])
-    sys.stdout.write(json.dumps({"speed": speed, "memory": memory, **out}))
+    return {"speed": sp, "memory": memory, **out}
 
 
-class _Scores:
-    """An HF model seen through the members :func:`quantflow.bench.chunk_logprobs` uses.
+class Scores:
+    """An HF model seen as the scorer :func:`quantflow.quality.chunk_logprobs` drives.
 
     reset() / eval(tokens) / scores (one row of logits per evaluated token), so the scored positions
-    are bench's own, not a copy of its slicing.
+    are the quality module's own, not a copy of its slicing.
     """
 
     def __init__(self, model) -> None:
@@ -420,8 +373,8 @@ class _Scores:
 
 
 def quality_of(model, ref: dict[str, np.ndarray]) -> dict:
-    """:func:`quantflow.bench.quality_of` on a loaded HF model (one forward per reference chunk)."""
-    return bench_quality_of(_Scores(model), ref)
+    """:func:`quantflow.quality.quality_of` on a loaded HF model (one forward per reference chunk)."""
+    return quality.quality_of(Scores(model), ref)
 
 
 def measure_quality(hf_dir: str | Path, variant: str, ref: dict[str, np.ndarray], cfg: dict, threads: int) -> dict:
@@ -444,22 +397,12 @@ def greedy_ids(model, tok, ids: list[int], max_new: int) -> list[int]:
 
 def answers_of(model, tok, items: list[dict], cfg: dict) -> tuple[list[dict], dict]:
     """Greedy answers of a loaded model to the test set, checked; accuracy overall and per category."""
-    rows = []
+    texts = []
     for it in items:
-        out = greedy_ids(model, tok, _encode(tok, it["prompt"]), cfg["max_answer_tokens"])
+        out = greedy_ids(model, tok, encode_item(tok, it), cfg["max_answer_tokens"])
         # HF's decoder, not llama.cpp's: they differ only on byte tokens that are not valid UTF-8 (see report)
-        text = first_line(tok.decode(out, skip_special_tokens=True))
-        rows.append(
-            {
-                "id": str(it["id"]),
-                "category": it["category"],
-                "prompt": it["prompt"],
-                "expected": str(it["answer"]),
-                "answer": text,
-                "correct": check(text, str(it["answer"]), it["checker"]),
-            }
-        )
-    return rows, accuracy_summary(rows)
+        texts.append(tok.decode(out, skip_special_tokens=True))
+    return checked_answers(items, texts)
 
 
 def answer_tasks(
@@ -498,8 +441,7 @@ def run_hf_variant(
         return {**head, "status": "not_run", "reason": reason}
     if not prompts:
         raise ValueError("the prompt suite is empty: latency and answers need at least one prompt")
-    ref = load_reference(reference_path)
-    prompt = [int(t) for t in ref["chunks"].reshape(-1)[: cfg["prompt_tokens"]]]
+    prompt = quality.prompt_of(quality.load_reference(reference_path), cfg["prompt_tokens"])
     m = measure_isolated(hf_dir, variant, cfg, threads, prompt, prompts, reference_path, test)
     size, count = m["size"], m["n_params"]
     return {
@@ -517,4 +459,4 @@ def run_hf_variant(
 
 
 if __name__ == "__main__":
-    _main()
+    speed.isolated_main(_isolated_job)

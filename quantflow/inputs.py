@@ -74,14 +74,16 @@ def check_hf_dir(path: str | Path, need_tokenizer: bool = True) -> None:
 
 
 def hf_dims(path: str | Path) -> dict[str, int] | None:
-    """hidden, ffn and attention (heads x head_dim) widths from config.json; None if it does not say."""
+    """hidden, ffn and attention (heads x head_dim) widths, and whether the embeddings are tied, from
+    config.json; None if it does not say."""
     cfg = json.loads((Path(path) / "config.json").read_text())
     cfg = {**cfg.get("text_config", {}), **cfg}  # multimodal configs nest the language model's
     hidden, ffn, heads = cfg.get("hidden_size"), cfg.get("intermediate_size"), cfg.get("num_attention_heads")
     if not all(isinstance(v, int) for v in (hidden, ffn, heads)):
         return None
     head_dim = cfg.get("head_dim") or hidden // heads
-    return {"hidden": hidden, "ffn": ffn, "q_width": heads * head_dim}
+    tied = bool(cfg.get("tie_word_embeddings", False))
+    return {"hidden": hidden, "ffn": ffn, "q_width": heads * head_dim, "tied": tied}
 
 
 def _rows_jsonl(p: Path, limit: int | None = None):

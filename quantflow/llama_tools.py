@@ -1,8 +1,9 @@
 """llama.cpp's own command-line tools, built from the pinned sources by `make venv`.
 
 llama-bench (its JSON output) gives the engine's figures beside ours; llama-perplexity cross-checks
-our perplexity and KL; llama-imatrix and llama-quantize make importance-matrix quantizations, which
-the Python binding cannot (its quantize call takes no importance matrix).
+our perplexity and KL; llama-imatrix makes importance matrices; llama-quantize makes every GGUF type,
+with or without one (the binding's quantize call takes no importance matrix), and its log is
+llama.cpp's own report of the tensors that needed a fallback type.
 """
 
 from __future__ import annotations
@@ -126,13 +127,16 @@ def imatrix(llama_cpp_dir, gguf, calib_file, out, n_ctx: int, chunks: int, threa
     os.replace(tmp, out)
 
 
-def quantize_with_imatrix(llama_cpp_dir, src, dst, opts: dict, imatrix_file, threads: int) -> None:
-    """llama-quantize with an importance matrix (the binding's quantize call cannot pass one)."""
-    cmd = [str(tool(llama_cpp_dir, "llama-quantize")), "--imatrix", str(imatrix_file)]
+def quantize(llama_cpp_dir, src, dst, opts: dict, threads: int, imatrix=None) -> str:
+    """llama-quantize ``src`` into ``dst`` as ``opts['type']``; returns its log, which holds llama.cpp's
+    own report of the tensors that needed a fallback type (quantize.quant_plan reads it)."""
+    cmd = [str(tool(llama_cpp_dir, "llama-quantize"))]
+    if imatrix is not None:
+        cmd += ["--imatrix", str(imatrix)]
     if "output_tensor_type" in opts:
         cmd += ["--output-tensor-type", opts["output_tensor_type"]]
     if "token_embedding_type" in opts:
         cmd += ["--token-embedding-type", opts["token_embedding_type"]]
     if opts.get("leave_output_tensor"):
         cmd += ["--leave-output-tensor"]
-    _run([*cmd, str(src), str(dst), opts["type"], str(threads)])
+    return _run([*cmd, str(src), str(dst), opts["type"], str(threads)])

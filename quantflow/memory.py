@@ -1,4 +1,5 @@
-"""Refuse to benchmark a model that cannot fit in free memory, before loading it.
+"""Memory: refuse to benchmark a model that cannot fit in free memory, before loading it; read this
+process's resident set.
 
 Loading a model larger than the free memory either swaps (and every speed figure is then the disk's)
 or gets the process killed by the kernel with no message. The estimate is deliberately simple and
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import struct
 from pathlib import Path
 
@@ -86,3 +88,15 @@ def check_memory(model: str | Path, available: int | None = None) -> int:
         raise InsufficientMemory(reason)
     log.info("%s: needs about %.0f MiB, %.0f MiB available", model, need / MB, avail / MB)
     return need
+
+
+def rss_mb() -> float:
+    """Resident set of this process now (MiB)."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / MB
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process so far (MiB; Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,76 +1,26 @@
 """GGUF quantization through llama.cpp's quantizer, and a check of what it really wrote.
 
-llama.cpp silently falls back to other tensor types when a row width does not fit a type's block
-(K-quants need multiples of 256), returns success and keeps the requested label in the file. So
-every output is read back with gguf's reader and each tensor's real type is checked.
+llama.cpp falls back to other tensor types when a row width does not fit a type's block (K-quants
+need multiples of 256: Qwen2.5-0.5B's 896, SmolLM2's 576), returns success and keeps the requested
+label in the file. That is what the GGUFs people download contain, so it is never refused: every
+output is read back with gguf's reader, and its plan (the type of every tensor, the effective bits per
+weight, what fell back and why) goes with the result.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
+import json
 import logging
 from collections import Counter
 from pathlib import Path
 
 from .atomic import atomic_path
+from .gguf_types import default_type, parse_quantizer_log
 
 log = logging.getLogger(__name__)
 
-# ggml tensor types each llama.cpp ftype may legitimately write for 2-D weights. The mixes
-# (e.g. Q4_K_M keeping some attn_v / ffn_down in Q6_K) follow llama_tensor_get_type() in
-# llama.cpp's src/llama-quant.cpp; anything else is a fallback.
-ALLOWED_TYPES = {
-    "Q8_0": {"Q8_0"},
-    "Q6_K": {"Q6_K"},
-    "Q5_K_M": {"Q5_K", "Q6_K"},
-    "Q5_K_S": {"Q5_K", "Q6_K"},
-    "Q4_K_M": {"Q4_K", "Q6_K"},
-    "Q4_K_S": {"Q4_K", "Q5_K", "Q6_K"},
-    "Q3_K_L": {"Q3_K", "Q5_K", "Q6_K"},
-    "Q3_K_M": {"Q3_K", "Q4_K", "Q5_K", "Q6_K"},
-    "Q3_K_S": {"Q3_K", "Q6_K"},
-    "Q2_K": {"Q2_K", "Q3_K", "Q4_K", "Q6_K"},
-    "Q2_K_S": {"Q2_K", "Q4_K", "Q6_K"},
-    "Q4_0": {"Q4_0", "Q6_K"},
-    "Q4_1": {"Q4_1", "Q6_K"},
-    "Q5_0": {"Q5_0", "Q6_K"},
-    "Q5_1": {"Q5_1", "Q6_K"},
-}
-# Types llama.cpp substitutes when a K-quant or IQ type does not fit a row.
-FALLBACK_TYPES = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "F16", "BF16", "F32"}
 GGUF_MAGIC = b"GGUF"
-QK_K = 256  # llama.cpp's K-quant super-block (ggml-common.h): a row must be a multiple of it
-# Block sizes of the non-K types that llama.cpp's fallbacks use; every other type listed here needs QK_K.
-_SMALL_BLOCK_TYPES = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "MXFP4_MOE", "F16", "BF16", "F32"}
-
-
-def needs_qk_k(ftype: str) -> bool:
-    """Whether llama.cpp's type ``ftype`` (e.g. Q4_K_M, IQ3_XS, TQ1_0) quantizes rows in 256-wide super-blocks."""
-    return ftype.upper() not in _SMALL_BLOCK_TYPES
-
-
-def predicted_fallbacks(hidden: int, ffn: int, q_width: int) -> dict[str, int]:
-    """Tensors whose row width is not a multiple of QK_K, so K-quants would fall back for them.
-
-    The row width of a ggml weight is its first dimension (ne[0]), the Linear's input features:
-    ``hidden`` for token_embd, output, attn_q/k/v, ffn_gate/up; heads x head_dim (``q_width``) for
-    attn_output; ``ffn`` for ffn_down (llama_tensor_get_type() in llama.cpp's src/llama-quant.cpp
-    checks ``ne[0] % QK_K``); k/v read the hidden state, so GQA does not change their width.
-    Returns {GGUF tensor name pattern: offending width}.
-    """
-    widths = {
-        "token_embd": hidden,
-        "output": hidden,
-        "blk.*.attn_q": hidden,
-        "blk.*.attn_k": hidden,
-        "blk.*.attn_v": hidden,
-        "blk.*.ffn_gate": hidden,
-        "blk.*.ffn_up": hidden,
-        "blk.*.attn_output": q_width,
-        "blk.*.ffn_down": ffn,
-    }
-    return {name: w for name, w in widths.items() if w % QK_K}
 
 
 def check_gguf(path: str | Path) -> None:
@@ -103,7 +53,8 @@ def check_gguf(path: str | Path) -> None:
 
 
 def tensor_summary(path: str | Path) -> dict:
-    """Parameter count, bits per weight and a count of tensors per ggml type, from the file itself."""
+    """Parameter count, bits per weight, a count of tensors per ggml type, and each tensor's type, shape
+    and bytes, from the file itself."""
     from gguf import GGUFReader
 
     r = GGUFReader(path)
@@ -113,80 +64,107 @@ def tensor_summary(path: str | Path) -> dict:
         "n_params": n_params,
         "bits_per_weight": 8.0 * n_bytes / n_params,
         "tensor_types": dict(Counter(t.tensor_type.name for t in r.tensors)),
-        "tensors": {t.name: (t.tensor_type.name, [int(x) for x in t.shape]) for t in r.tensors},
+        "tensors": {t.name: (t.tensor_type.name, [int(x) for x in t.shape], int(t.n_bytes)) for t in r.tensors},
     }
 
 
-def fallback_tensors(tensors: dict[str, tuple[str, list[int]]], ftype: str, overrides: dict[str, str]) -> list[str]:
-    """Names of 2-D tensors whose type is not one the requested ftype (or an override) allows."""
-    allowed = ALLOWED_TYPES.get(ftype)
-    bad = []
-    for name, (ttype, shape) in tensors.items():
-        if len(shape) < 2 or sum(1 for s in shape if s > 1) < 2:
-            continue  # norms and biases stay F32 by design
-        want = overrides.get(name)
-        if want is not None:
-            if ttype != want:
-                bad.append(f"{name}={ttype} (asked {want})")
-            continue
-        if allowed is not None:
-            ok = ttype in allowed
-        else:  # a type without a table entry: only the known fallback types are suspicious
-            ok = ttype not in FALLBACK_TYPES or ttype == ftype
-        if not ok:
-            bad.append(f"{name}={ttype}")
-    return bad
+def is_weight(shape: list[int]) -> bool:
+    """A matrix llama.cpp quantizes; norms and biases (one dimension above 1) stay F32 by design."""
+    return sum(1 for s in shape if s > 1) >= 2
 
 
-def quantize(
-    src: str | Path, dst: str | Path, opts: dict, threads: int, imatrix: str | Path | None = None, llama_cpp_dir=None
-) -> dict:
-    """Quantize ``src`` (f16/bf16 GGUF) into ``dst`` with llama.cpp; verify; return the summary.
+def quant_plan(summary: dict, opts: dict, quantizer_log: str) -> dict:
+    """What llama.cpp wrote for ``opts['type']``, tensor by tensor, with the reason for every weight whose
+    type is not the ftype's own (e.g. Q4_K for Q4_K_M).
 
-    Without an importance matrix the binding's llama_model_quantize does it in-process; with one,
-    llama.cpp's llama-quantize tool (the binding cannot pass an importance matrix).
+    Fallbacks are the tensors llama.cpp's quantizer itself says it had to give another type (its
+    per-tensor warnings and closing count); the other reasons follow its source (gguf_types): an explicit
+    override, token_embd following the output type when the embeddings are tied, the ftype's own mix.
     """
-    import llama_cpp
+    ftype = opts["type"]
+    base = default_type(ftype)
+    report = parse_quantizer_log(quantizer_log)
+    fell = {f["tensor"]: f for f in report["fallbacks"]}
+    tensors = summary["tensors"]
+    tied = "output.weight" not in tensors
+    asked = {"output.weight": opts.get("output_tensor_type"), "token_embd.weight": opts.get("token_embedding_type")}
+    by_type: dict[str, dict] = {}
+    off_type = []
+    for name, (ttype, shape, n_bytes) in tensors.items():
+        n = 1
+        for s in shape:
+            n *= s
+        t = by_type.setdefault(ttype, {"tensors": 0, "params": 0, "bytes": 0})
+        t["tensors"] += 1
+        t["params"] += n
+        t["bytes"] += n_bytes
+        if not is_weight(shape) or ttype == base:
+            continue
+        if name in fell:
+            f = fell[name]
+            why = f"fallback: rows of {f['ncols']} do not fit {f['planned']}'s {f['block']}-block ({f['written']})"
+        elif asked.get(name):
+            why = f"override: {asked[name].upper()} asked"
+        elif name == "output.weight" and opts.get("leave_output_tensor"):
+            why = "override: output tensor left unquantized"
+        elif name == "token_embd.weight" and tied:
+            why = "tied embeddings: token_embd takes the output tensor's type"
+        else:
+            why = f"llama.cpp's {ftype} mix"
+        off_type.append({"tensor": name, "type": ttype, "reason": why})
+    n_params = sum(t["params"] for t in by_type.values())
+    n_bytes = sum(t["bytes"] for t in by_type.values())
+    return {
+        "requested": ftype,
+        "default_type": base,
+        "tied_embeddings": tied,
+        "bits_per_weight": 8.0 * n_bytes / n_params,
+        "types": dict(sorted(by_type.items())),
+        "fallbacks": report["fallbacks"],
+        "n_fallback": len(report["fallbacks"]),
+        "reported_fallback_count": report["reported_count"],
+        "off_type": off_type,
+    }
 
-    from .config import ggml_types, llama_quant_types
+
+def gguf_plan(gguf: str | Path, plan_file: str | Path | None, ftype: str) -> dict:
+    """The plan rule quantize recorded for ``gguf``, or (the f16, which nothing quantized) the plan read
+    from the file itself."""
+    if plan_file:
+        return json.loads(Path(plan_file).read_text())
+    return quant_plan(tensor_summary(gguf), {"type": ftype}, "")
+
+
+def quantize(src: str | Path, dst: str | Path, opts: dict, threads: int, llama_cpp_dir, imatrix=None) -> dict:
+    """Quantize ``src`` (f16/bf16 GGUF) into ``dst`` with llama.cpp's llama-quantize; return its plan.
+
+    Whatever llama.cpp accepts is written: a tensor whose rows do not fit the requested type gets the
+    type llama.cpp falls back to, and the plan says which and why. ``strict_types: true`` in ``opts``
+    turns any fallback into a failure instead (nothing is left at ``dst``).
+    """
+    from .llama_tools import quantize as llama_quantize
 
     check_gguf(src)
     ftype = opts["type"]
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_quant_types()[ftype]
-    params.nthread = threads
-    overrides = {}
-    gt = ggml_types()
-    if "output_tensor_type" in opts:
-        params.output_tensor_type = gt[opts["output_tensor_type"].upper()]
-        overrides["output.weight"] = opts["output_tensor_type"].upper()
-    if "token_embedding_type" in opts:
-        params.token_embedding_type = gt[opts["token_embedding_type"].upper()]
-        overrides["token_embd.weight"] = opts["token_embedding_type"].upper()
-    if opts.get("leave_output_tensor"):
-        params.quantize_output_tensor = False
     with atomic_path(dst) as tmp:
-        if imatrix is not None:
-            from .llama_tools import quantize_with_imatrix
-
-            quantize_with_imatrix(llama_cpp_dir, src, tmp, opts, imatrix, threads)
-        else:
-            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-            if rc != 0:
-                raise RuntimeError(f"llama_model_quantize({src} -> {ftype}) returned {rc}")
+        text = llama_quantize(llama_cpp_dir, src, tmp, opts, threads, imatrix=imatrix)
         check_gguf(tmp)
-        summary = tensor_summary(tmp)
-        if opts.get("leave_output_tensor") and "output.weight" in summary["tensors"]:
-            overrides.setdefault("output.weight", summary["tensors"]["output.weight"][0])
-        bad = fallback_tensors(summary["tensors"], ftype, overrides)
-        if bad:
+        plan = quant_plan(tensor_summary(tmp), opts, text)
+        if plan["fallbacks"] and opts.get("strict_types"):
+            names = ", ".join(f"{f['tensor']}={f['written']}" for f in plan["fallbacks"][:8])
             raise RuntimeError(
-                f"{ftype}: llama.cpp fell back to other types for {len(bad)} tensor(s): {', '.join(bad[:12])}"
-                + (" ..." if len(bad) > 12 else "")
-                + " (K-quants need row sizes that are multiples of 256)"
+                f"{ftype}: llama.cpp fell back to other types for {plan['n_fallback']} tensor(s) ({names}"
+                f"{' ...' if plan['n_fallback'] > 8 else ''}) and quants[].strict_types is true; drop strict_types "
+                "to keep the file (the report marks it), or choose a type whose block fits these row widths"
             )
-    log.info("%s: %.2f bits/weight, types %s", dst, summary["bits_per_weight"], summary["tensor_types"])
-    return summary
+    if plan["fallbacks"]:
+        log.warning(
+            "%s: llama.cpp fell back to other types for %d tensor(s), e.g. %s; effective %.2f bits/weight",
+            ftype, plan["n_fallback"], plan["fallbacks"][0]["tensor"], plan["bits_per_weight"],
+        )  # fmt: skip
+    counts = {k: v["tensors"] for k, v in plan["types"].items()}
+    log.info("%s: %.2f bits/weight, types %s", dst, plan["bits_per_weight"], counts)
+    return plan
 
 
 def sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -38,7 +38,10 @@ GLOSSARY: tuple[dict[str, str], ...] = (
     {"metric": "Size MB", "better": "lower",
      "how": "GGUF file size in MiB (bytes / 2^20)."},
     {"metric": "BPW", "better": "lower",
-     "how": "Bits per weight: file bits divided by the parameter count."},
+     "how": "Effective bits per weight: tensor bytes x 8 / parameters, read from the file. "
+            "\u25c6 N fallback: llama.cpp gave N tensors another type than the requested one (rows that do "
+            "not fit the type's block, e.g. K-quants on widths that are not multiples of 256); the result's "
+            "file.plan lists each tensor, its type and why."},
     {"metric": "Decode tok/s", "better": "higher",
      "how": "Generation throughput, median over the measured repetitions (warm-up excluded); "
             "the 10th-90th percentile spread is in brackets."},

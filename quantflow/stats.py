@@ -1,4 +1,9 @@
-"""Summaries of repeated measurements and of per-token quality figures (pure numpy)."""
+"""Summaries of repeated measurements and of per-token quality figures, and their uncertainty.
+
+Pure numpy/scipy. Every interval is 95 % unless asked otherwise; where a figure follows
+llama-perplexity's own uncertainty (mean +- standard error, top-1 +- binomial error), it uses the same
+formula so the two tools' figures compare like for like.
+"""
 
 from __future__ import annotations
 
@@ -129,3 +134,110 @@ def retention(acc_variant: float | None, acc_base: float | None, acc_ft: float |
     if gain <= 0:
         return None
     return (acc_variant - acc_base) / gain
+
+
+def mean_se(values) -> tuple[float, float]:
+    """Mean and its standard error, sd(ddof=1)/sqrt(n): llama-perplexity's ``mean_and_uncertainty``
+    (it reports 0 for 10 values or fewer; so do we).
+
+    Tokens of one text are not independent, so this is the same optimistic error llama-perplexity
+    prints; it is the figure the issue tracker and users compare against.
+    """
+    v = np.asarray(values, dtype=float)
+    n = v.size
+    if n == 0:
+        raise ValueError("mean_se() needs at least one value")
+    se = float(v.std(ddof=1) / math.sqrt(n)) if n > 10 else 0.0
+    return float(v.mean()), se
+
+
+def proportion_se(p: float, n: int) -> float:
+    """llama-perplexity's error of a proportion ("Same top p"): sqrt(p (1 - p) / (n - 1))."""
+    return math.sqrt(p * (1.0 - p) / (n - 1)) if n > 1 else 0.0
+
+
+def quantile_ci(values, q: float, conf: float = 0.95) -> tuple[float, float]:
+    """Distribution-free CI of the ``q`` quantile from order statistics (scipy's quantile_test).
+
+    An end that the sample cannot bound (too few values beyond the quantile) is the sample's extreme.
+    """
+    from scipy.stats import quantile_test
+
+    v = np.asarray(values, dtype=float)
+    ci = quantile_test(v, q=float(np.quantile(v, q)), p=q).confidence_interval(conf)
+    lo = float(ci.low) if math.isfinite(ci.low) else float(v.min())
+    hi = float(ci.high) if math.isfinite(ci.high) else float(v.max())
+    return lo, hi
+
+
+def wilson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (scipy's binomtest); (0, 1) when n is 0."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return 0.0, 1.0
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=conf, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact (binomial) McNemar p-value, two-sided, from the discordant pairs.
+
+    ``b``: right in A, wrong in B; ``c``: wrong in A, right in B. Under "no difference" each flip goes
+    either way with probability 1/2. No flips: p = 1.
+    """
+    from scipy.stats import binomtest
+
+    n = int(b) + int(c)
+    return 1.0 if n == 0 else float(binomtest(int(b), n, 0.5).pvalue)
+
+
+def flips(correct_a, correct_b) -> tuple[int, int]:
+    """(right in A only, right in B only) over paired answers to the same questions."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"paired answers differ in number: {a.size} and {b.size}")
+    return int((a & ~b).sum()), int((~a & b).sum())
+
+
+def paired_ratio(numer, denom, conf: float = 0.95) -> dict:
+    """Ratio of two rates measured in alternation: per-round ratios, their median and its CI.
+
+    ``numer[i]`` and ``denom[i]`` come from the same round (measured back to back), so a slow or fast
+    block of the machine scales both and cancels in their ratio. The interval is the order-statistic
+    CI of the median ratio (distribution-free, as for every speed median here).
+    """
+    a, b = np.asarray(numer, dtype=float), np.asarray(denom, dtype=float)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired_ratio needs equally many rounds on both sides (got {a.size} and {b.size})")
+    r = a / b
+    lo, hi = median_ci(r, conf)
+    return {"median": float(np.median(r)), "ci95": [lo, hi], "n": int(r.size), "values": [float(x) for x in r]}
+
+
+def retention_ci(
+    correct_variant, correct_base, correct_ft, conf: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> tuple[float | None, float | None]:
+    """Bootstrap CI of :func:`retention` over the test questions (paired: one resample for all three).
+
+    The three arguments are per-question correctness (same questions, same order) of the variant, the
+    base f16 and the fine-tune's f16. Hand-written rather than scipy.stats.bootstrap: the statistic is
+    undefined in resamples where the fine-tune gains nothing, and scipy's methods do not take NaN. An end
+    is None when more than its tail share of resamples is undefined (the data cannot bound it).
+    """
+    v, b, f = (np.asarray(x, dtype=float) for x in (correct_variant, correct_base, correct_ft))
+    if not (v.shape == b.shape == f.shape) or v.size == 0:
+        raise ValueError("retention_ci needs the same, non-empty question set for all three")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v.size, size=(n_resamples, v.size))
+    gain = f[idx].mean(axis=1) - b[idx].mean(axis=1)
+    kept = v[idx].mean(axis=1) - b[idx].mean(axis=1)
+    ok = gain > 0
+    tail = (1 - conf) / 2
+    if (~ok).mean() > tail:
+        return None, None
+    # undefined resamples sit at the bottom: they are counted towards the lower tail, never dropped
+    r = np.sort(np.where(ok, kept / np.where(ok, gain, 1.0), -np.inf))
+    lo = float(np.quantile(r, tail))
+    return (lo if math.isfinite(lo) else None), float(np.quantile(r, 1 - tail))
+

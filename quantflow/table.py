@@ -30,7 +30,7 @@ _KEY = ["model", "ft", "variant"]
 #: Column order of :func:`results_table`.
 RESULT_COLUMNS: tuple[str, ...] = (
     "model", "ft", "variant", "format", "quant", "status", "reason",
-    "size_mb", "bits_per_weight",
+    "size_mb", "bits_per_weight", "n_fallback",
     "decode_tps", "decode_tps_p10", "decode_tps_p90", "decode_cv",
     "prompt_tps", "prompt_tps_cv", "ttft_ms", "latency_s", "load_s",
     "engine_tg_tps", "engine_tg_cv", "engine_pp_tps", "python_vs_engine_tg",
@@ -67,7 +67,7 @@ def results_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     df = _add_accuracy_gain(df)
     df = _add_retention(df)
     df = _add_flips(df, results)
-    for col in ("n_test", "threads", "flips_lost", "flips_gained"):
+    for col in ("n_test", "threads", "flips_lost", "flips_gained", "n_fallback"):
         # Nullable ints keep "8" rather than "8.0" in the CSV while still allowing missing values.
         df[col] = pd.to_numeric(df[col]).astype("Int64")
     df = _sort_rows(df)[[*RESULT_COLUMNS, *cat_cols]]
@@ -102,6 +102,8 @@ def _result_row(res: Mapping[str, Any]) -> dict[str, Any]:
         "reason": res.get("reason"),
         "size_mb": size_bytes / 2**20,
         "bits_per_weight": _bits_per_weight(file),
+        # Tensors llama.cpp gave a fallback type (quantize.quant_plan); NaN for HF variants.
+        "n_fallback": number((file.get("plan") or {}).get("n_fallback")),
         "decode_tps": _stat(speed, "decode_tps"),
         "decode_tps_p10": _stat(speed, "decode_tps", "p10"),
         "decode_tps_p90": _stat(speed, "decode_tps", "p90"),

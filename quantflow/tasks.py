@@ -46,3 +46,26 @@ def accuracy_summary(rows: list[dict]) -> dict:
         "n_test": len(rows),
         "accuracy_by_category": {c: sum(v) / len(v) for c, v in sorted(by_cat.items())},
     }
+
+
+def checked_answers(items: list[dict], answers: list[str]) -> tuple[list[dict], dict]:
+    """The result's answer rows (each test item with its first-line answer, checked) and their accuracy.
+
+    ``answers[i]`` is the decoded greedy text for ``items[i]``, from either engine.
+    """
+    if len(answers) != len(items):
+        raise ValueError(f"{len(answers)} answers for {len(items)} test items")
+    rows = []
+    for it, raw in zip(items, answers, strict=True):
+        text = first_line(raw)
+        rows.append(
+            {
+                "id": str(it["id"]),
+                "category": it["category"],
+                "prompt": it["prompt"],
+                "expected": str(it["answer"]),
+                "answer": text,
+                "correct": check(text, str(it["answer"]), it["checker"]),
+            }
+        )
+    return rows, accuracy_summary(rows)

@@ -22,7 +22,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 #: What a table shows for a value that was not measured.
 MISSING = "–"
 #: One mark per fact, for every page (the templates' marks.j2 macros read this table too).
-MARKS = {"right": "✓", "wrong": "✗", "flip": "⚠", "miss": "✗", "recommended": "★"}
+MARKS = {"right": "✓", "wrong": "✗", "flip": "⚠", "miss": "✗", "recommended": "★", "fallback": "◆"}
 
 
 @functools.cache

@@ -1,18 +1,20 @@
 """Benchmark one variant (speed, memory, quality, task answers) into one result JSON.
 
-Snakemake rule `bench`: input.model (a GGUF file, or the HF directory for hf-* variants),
-input.reference, input.test, input.prompts (prompt suites: YAML or JSONL); output.json; params.bench,
-params.quant, params.llama_cpp_dir; threads (the whole machine: a bench job runs alone). The answers'
-similarity to the f16's is scored afterwards, for all variants at once (rule `similarity`).
+Snakemake rule `bench`: input.model (a GGUF file, or the HF directory for hf-* variants), input.plan
+(a quantized GGUF's plan, from rule quantize), input.reference, input.test, input.prompts (suites as
+rule render_suites wrote them); output.json; params.bench, params.quant, params.llama_cpp_dir; threads (the
+whole machine: a bench job runs alone). The answers' similarity to the f16's is scored afterwards, for
+all variants at once (rule `similarity`).
 """
 
 from datetime import UTC, datetime
 
-from quantflow import provenance
+from quantflow import provenance, variants
 from quantflow.failures import check_model_input, failed_result
 from quantflow.logs import to_file
+from quantflow.prompt_format import load_rendered
+from quantflow.quantize import gguf_plan
 from quantflow.results import validate, write_json
-from quantflow.suites import load_suite
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 to_file(sm.log[0])
@@ -20,12 +22,12 @@ started = datetime.now(UTC).isoformat()
 threads = sm.params.bench["threads"] or sm.threads
 variant = sm.wildcards.variant
 meta = {"model": sm.wildcards.model, "ft": sm.wildcards.ft, "variant": variant}
-if not variant.startswith("hf-"):
+if sm.params.quant is not None:
     meta["quant"] = sm.params.quant
 try:  # one variant's failure is recorded as its result (status failed, why), never the others' end
     check_model_input(sm.input.model, variant)  # complete file, fits in free memory: before loading it
-    test, prompts = load_suite(sm.input.test), load_suite(sm.input.prompts)
-    if variant.startswith("hf-"):
+    test, prompts = load_rendered(sm.input.test), load_rendered(sm.input.prompts)
+    if variants.is_hf(variant):
         from quantflow.hf_bench import run_hf_variant
 
         result = run_hf_variant(sm.input.model, variant, sm.input.reference, test, prompts, sm.params.bench, threads,
@@ -35,6 +37,8 @@ try:  # one variant's failure is recorded as its result (status failed, why), ne
 
         result = run_variant(sm.input.model, sm.input.reference, test, prompts, sm.params.bench, threads, dict(meta),
                              llama_cpp_dir=sm.params.llama_cpp_dir)  # fmt: skip
+    if result["format"] == "gguf":  # what llama.cpp wrote, tensor by tensor (f16: read from the file)
+        result["file"]["plan"] = gguf_plan(sm.input.model, sm.input.plan or None, sm.params.quant)
 except Exception as e:  # noqa: BLE001 - SIGKILL and Ctrl-C are not caught: those jobs are redone next run
     result = failed_result(meta, e)
 result["provenance"] = provenance.collect(sm.config, sm.params.llama_cpp_dir, threads)

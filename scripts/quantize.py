@@ -1,9 +1,11 @@
-"""Quantize the f16 GGUF into one llama.cpp type and verify every tensor's real type.
+"""Quantize the f16 GGUF into one llama.cpp type; record what llama.cpp really wrote (the plan).
 
-Snakemake rule `quantize`: input.gguf (f16), input.imatrix (for '<type>-imat' only); output.gguf;
-params.opts (type + options), params.llama_cpp_dir; threads.
+Snakemake rule `quantize`: input.gguf (f16), input.imatrix (for '<type>-imat' only); output.gguf,
+output.plan (JSON: every tensor's type, effective bits per weight, fallbacks and why); params.opts
+(type + options), params.llama_cpp_dir; threads.
 """
 
+from quantflow.atomic import write_json
 from quantflow.logs import to_file
 from quantflow.quantize import quantize
 
@@ -11,4 +13,5 @@ sm = snakemake  # noqa: F821 - injected by Snakemake
 to_file(sm.log[0])
 opts = {k: v for k, v in sm.params.opts.items() if k != "imatrix"}
 imatrix = sm.input.imatrix if sm.params.opts.get("imatrix") else None
-quantize(sm.input.gguf, sm.output.gguf, opts, sm.threads, imatrix=imatrix, llama_cpp_dir=sm.params.llama_cpp_dir)
+plan = quantize(sm.input.gguf, sm.output.gguf, opts, sm.threads, sm.params.llama_cpp_dir, imatrix=imatrix)
+write_json(sm.output.plan, plan)

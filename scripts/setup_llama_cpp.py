@@ -8,6 +8,7 @@ checkout. Only what the converter needs to run in place is extracted::
     <dest>/convert_hf_to_gguf.py
     <dest>/conversion/          (the model classes, imported by the converter)
     <dest>/gguf-py/             (the converter puts it on sys.path itself unless NO_LOCAL_GGUF is set)
+    <dest>/models/ggml-vocab-*.gguf  (llama.cpp's vocab-only GGUFs: real tokenizers for test models)
     <dest>/COMMIT               (the llama.cpp commit the sdist vendors, from its CHANGELOG.md)
 
 Usage (``make venv`` runs it with the virtualenv's python)::
@@ -37,6 +38,7 @@ DIST_NAME = "llama-cpp-python"
 VENDOR_DIR = "vendor/llama.cpp"
 # Paths under vendor/llama.cpp to extract: a file, or a directory (taken whole).
 WANTED = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
+VOCABS = "models/ggml-vocab-*.gguf"
 STAMP_PREFIX = ".from-llama-cpp-python-"
 
 _HEADING = re.compile(r"^##\s*\[(?P<version>[^\]]+)\]")
@@ -133,7 +135,11 @@ def fetch_sdist(cache: Path, version: str) -> Path:
 
 
 def _wanted(rel: PurePosixPath) -> bool:
-    """Whether ``rel`` (relative to vendor/llama.cpp) is part of the converter."""
+    """Whether ``rel`` (relative to vendor/llama.cpp) is part of the converter, or one of llama.cpp's
+    vocab-only GGUFs (real tokenizers: Llama 3, Qwen2, Phi-3, GPT-2 ...; tests build real-shaped models
+    from them, and transformers loads a tokenizer from one with ``gguf_file=``)."""
+    if len(rel.parts) == 2 and rel.parts[0] == "models" and rel.match(VOCABS):
+        return True
     return bool(rel.parts) and rel.parts[0] in WANTED and (rel.parts[0] != WANTED[0] or len(rel.parts) == 1)
 
 

@@ -69,6 +69,7 @@ def build_tiny_hf(
     layers: int = 2,
     seed: int = 0,
     arch: str = "llama",
+    tied: bool = False,
 ) -> Path:
     """A randomly initialised tiny model saved like a real checkpoint (weights + tokenizer.model)."""
     import torch
@@ -84,11 +85,11 @@ def build_tiny_hf(
         hidden_size=hidden,
         intermediate_size=ffn,
         num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        num_key_value_heads=hidden // 64,
+        num_attention_heads=max(1, hidden // 64),
+        num_key_value_heads=max(1, hidden // 64),
         head_dim=64,
         max_position_embeddings=256,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=3,
@@ -103,6 +104,22 @@ def build_tiny_hf(
     model.save_pretrained(out)
     save_tokenizer(tok, out, tokenizer_dir / "tokenizer.model")
     return out
+
+
+@pytest.fixture(scope="session")
+def qwen2_tokenizer(tmp_path_factory) -> Path:
+    """The real Qwen2 tokenizer (byte-level BPE, ChatML template), from llama.cpp's vocab GGUF (~30 s)."""
+    import real_models
+
+    return real_models.save_tokenizer("qwen2", tmp_path_factory.mktemp("qwen2-tok"))
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer(tmp_path_factory) -> Path:
+    """The real Llama 3 tokenizer (byte-level BPE, BOS added), from llama.cpp's vocab GGUF (~30 s)."""
+    import real_models
+
+    return real_models.save_tokenizer("llama3", tmp_path_factory.mktemp("llama3-tok"))
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,12 @@
 # Quality reference (f16 top-k log-probs and greedy answers), one benchmark job per variant (each running
 # alone), and one answer-similarity table per model / fine-tune.
-from quantflow import suites
 
 
 rule reference:
     input:
         gguf=rules.convert.output.gguf,
         heldout=get_data("heldout"),
-        test=lambda w: suites.input_path(MODELS[w.model], get_data("test")(w)),
+        test=rules.render_suites.output.test,
     output:
         npz="results/{model}/{ft}/reference.npz",
         answers="results/{model}/{ft}/reference_answers.json",
@@ -29,9 +28,10 @@ rule reference:
 rule bench:
     input:
         model=get_variant_model,
+        plan=get_plan,
         reference=rules.reference.output.npz,
-        test=lambda w: suites.input_path(MODELS[w.model], get_data("test")(w)),
-        prompts=lambda w: suites.input_path(MODELS[w.model], get_data("prompts")(w)),
+        test=rules.render_suites.output.test,
+        prompts=rules.render_suites.output.prompts,
     output:
         json="results/{model}/{ft}/bench/{variant}.json",
     log:

@@ -3,8 +3,13 @@ import re
 import sys
 from pathlib import Path
 
-from quantflow import provenance
-from quantflow.config import ConfigError, IMAT_SUFFIX, load_and_validate, quant_variants
+from quantflow import provenance, variants
+from quantflow.config import (
+    ConfigError,
+    load_and_validate,
+    model_warnings,
+    quant_variants,
+)
 from quantflow.gptq import installed as gptq_installed
 
 try:
@@ -15,12 +20,14 @@ try:
     )
 except ConfigError as e:
     sys.exit(f"quantflow: {e}")
+for _warning in model_warnings(config, Path.cwd()):
+    print(f"quantflow: warning: {_warning}", file=sys.stderr)
 
 MODELS = {m["name"]: m for m in config["models"]}
 FINETUNES = {f["name"]: f for f in config["finetunes"]}
 QUANTS = quant_variants(config)  # {quant} values: GGUF types and '<type>-imat' variants
 FTS = ["base", *FINETUNES]
-VARIANTS = ["gguf-f16", *(f"gguf-{q}" for q in QUANTS), *config["hf_variants"]]
+VARIANTS = variants.all_variants(QUANTS, config["hf_variants"])
 DEMO_MODELS = [n for n, m in MODELS.items() if m["source"] == "demo"]
 LLAMA_CPP_DIR = str(
     Path(workflow.basedir) / config["llama_cpp_dir"]
@@ -110,31 +117,36 @@ def get_variant_model(wildcards):
     """
     if wildcards.variant == "hf-gptq4" and gptq_installed():
         return rules.gptq.output.ckpt
-    if wildcards.variant.startswith("hf-"):
+    if variants.is_hf(wildcards.variant):
         return get_hf(wildcards)
-    quant = wildcards.variant.removeprefix("gguf-")
-    if quant == "f16":
+    if variants.is_reference(wildcards.variant):
         return rules.convert.output.gguf
+    quant = variants.gguf_quant(wildcards.variant)
     return rules.quantize.output.gguf.replace("{quant}", quant)
 
 
+def get_plan(wildcards):
+    """A quantized GGUF variant's plan (rule quantize: each tensor's real type, fallbacks and why)."""
+    if variants.is_hf(wildcards.variant) or variants.is_reference(wildcards.variant):
+        return []
+    quant = variants.gguf_quant(wildcards.variant)
+    return rules.quantize.output.plan.replace("{quant}", quant)
+
+
 def get_imatrix(wildcards):
-    if wildcards.quant.endswith(IMAT_SUFFIX):
+    if variants.uses_imatrix(wildcards.quant):
         return rules.imatrix.output.imatrix
     return []
 
 
 def variant_quant(wildcards):
-    if wildcards.variant.startswith("hf-"):
-        return None  # the HF bench names its own (F32, INT8, NF4, GPTQ4)
-    q = wildcards.variant.removeprefix("gguf-")
-    return "F16" if q == "f16" else q
+    return variants.quant_label(wildcards.variant)
 
 
 def bench_settings(wildcards):
     """The protocol's settings; hf-* variants take their overrides from bench.hf."""
     b = {k: v for k, v in config["bench"].items() if k != "hf"}
-    return {**b, **config["bench"]["hf"]} if wildcards.variant.startswith("hf-") else b
+    return {**b, **config["bench"]["hf"]} if variants.is_hf(wildcards.variant) else b
 
 
 def get_final_output():

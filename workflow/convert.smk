@@ -1,9 +1,13 @@
-# HF -> GGUF f16 with llama.cpp's own converter: the single source of every GGUF variant.
+# HF -> GGUF f16 with llama.cpp's own converter: the single source of every GGUF variant; the job fails unless
+# llama.cpp tokenizes the held-out text and every rendered test / prompt item as the HF tokenizer does.
 
 
 rule convert:
     input:
         hf=get_hf,
+        heldout=get_data("heldout"),
+        test=rules.render_suites.output.test,
+        prompts=rules.render_suites.output.prompts,
     output:
         gguf="results/{model}/{ft}/gguf/f16.gguf",
     log:

@@ -32,6 +32,7 @@ rule quantize:
         imatrix=get_imatrix,
     output:
         gguf="results/{model}/{ft}/gguf/{quant}.gguf",
+        plan="results/{model}/{ft}/gguf/{quant}.plan.json",
     log:
         "results/{model}/{ft}/logs/quantize-{quant}.log",
     benchmark:

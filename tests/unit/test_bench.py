@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import LLAMA_CPP_DIR
 
-from quantflow import bench, stats
+from quantflow import bench, quality, stats
 from quantflow.data import read_jsonl
 from quantflow.quantize import quantize
 
@@ -25,12 +26,12 @@ CFG = dict(
 def reference(tiny_f16, tiny_data, tmp_path_factory):
     ref = bench.make_reference(tiny_f16, tiny_data["heldout"].read_text(), CFG, threads=2)
     path = tmp_path_factory.mktemp("ref") / "reference.npz"
-    bench.save_reference(path, ref)
+    quality.save_reference(path, ref)
     return path
 
 
 def test_reference_shape(reference):
-    ref = bench.load_reference(reference)
+    ref = quality.load_reference(reference)
     n_chunks = ref["chunks"].shape[0]
     assert ref["chunks"].shape == (n_chunks, CFG["n_ctx"])
     n_scored = n_chunks * (CFG["n_ctx"] // 2 - 1)
@@ -39,19 +40,19 @@ def test_reference_shape(reference):
 
 
 def test_f16_against_itself_is_exact(tiny_f16, reference):
-    q = bench.measure_quality(tiny_f16, bench.load_reference(reference), CFG, threads=2)
+    q = bench.measure_quality(tiny_f16, quality.load_reference(reference), CFG, threads=2)
     assert q["kl_mean"] < 1e-6 and q["kl_p999"] < 1e-5
     assert q["top1_agreement"] == 1.0
     assert abs(q["dp_mean"]) < 1e-6 and q["dp_rms"] < 1e-6
-    ref = bench.load_reference(reference)
+    ref = quality.load_reference(reference)
     assert q["ppl"] == pytest.approx(float(np.exp(ref["nll"].mean())), rel=1e-5)
 
 
 def test_kl_grows_as_bits_shrink(tiny_f16, reference, tmp_path):
-    ref = bench.load_reference(reference)
+    ref = quality.load_reference(reference)
     kl = {}
     for t in ("Q8_0", "Q4_K_M", "Q3_K_M"):
-        quantize(tiny_f16, tmp_path / f"{t}.gguf", {"type": t}, threads=2)
+        quantize(tiny_f16, tmp_path / f"{t}.gguf", {"type": t}, 2, LLAMA_CPP_DIR)
         kl[t] = bench.measure_quality(tmp_path / f"{t}.gguf", ref, CFG, threads=2)["kl_mean"]
     assert 0 < kl["Q8_0"] < kl["Q4_K_M"] < kl["Q3_K_M"]
     q3 = bench.measure_quality(tmp_path / "Q3_K_M.gguf", ref, CFG, threads=2)
@@ -60,14 +61,14 @@ def test_kl_grows_as_bits_shrink(tiny_f16, reference, tmp_path):
 
 def test_topk_kl_close_to_full_kl_on_real_logits(tiny_f16, tiny_data, tmp_path):
     """The stored top-k reference under-estimates KL by a bounded, small amount."""
-    quantize(tiny_f16, tmp_path / "q.gguf", {"type": "Q3_K_M"}, threads=2)
+    quantize(tiny_f16, tmp_path / "q.gguf", {"type": "Q3_K_M"}, 2, LLAMA_CPP_DIR)
     text = tiny_data["heldout"].read_text()
     ref_llm = bench.load(tiny_f16, CFG["n_ctx"], 2, logits_all=True)
     q_llm = bench.load(tmp_path / "q.gguf", CFG["n_ctx"], 2, logits_all=True)
     toks = ref_llm.tokenize(text.encode(), add_bos=True)
-    chunk = bench.chunk_tokens(toks, CFG["n_ctx"], 1, ref_llm.token_bos())[0]
-    p, _ = bench.chunk_logprobs(ref_llm, chunk)
-    q, _ = bench.chunk_logprobs(q_llm, chunk)
+    chunk = quality.chunk_tokens(toks, CFG["n_ctx"], 1, ref_llm.token_bos())[0]
+    p, _ = quality.chunk_logprobs(ref_llm, chunk)
+    q, _ = quality.chunk_logprobs(q_llm, chunk)
     ref_llm.close()
     q_llm.close()
     full = stats.kl_full(p, q)
@@ -94,7 +95,7 @@ def test_decode_loop_generates_what_greedy_eval_does(tiny_f16, reference):
     """The timed decode loop (raw llama_decode on one batch) decodes the same greedy tokens at the same
     positions as the generation path: afterwards the model's state equals evaluating prompt + tokens."""
     llm = bench.load(tiny_f16, n_ctx=64, threads=2)
-    prompt = [int(t) for t in bench.load_reference(reference)["chunks"][0][:16]]
+    prompt = [int(t) for t in quality.load_reference(reference)["chunks"][0][:16]]
     toks, _, _ = bench.greedy(llm, prompt, 12, stop_newline=False)
     assert toks
     pp, tg = bench.decode_run(llm, prompt, len(toks))
@@ -112,7 +113,7 @@ def test_decode_loop_generates_what_greedy_eval_does(tiny_f16, reference):
 
 
 def test_speed_in_isolated_process(tiny_f16, reference, tiny_data):
-    ref = bench.load_reference(reference)
+    ref = quality.load_reference(reference)
     prompt = [int(t) for t in ref["chunks"].reshape(-1)[:16]]
     speed, mem = bench.measure_speed_isolated(tiny_f16, CFG, 2, prompt, read_jsonl(tiny_data["prompts"])[:2])
     assert CFG["repetitions"] <= speed["decode_tps"]["n"] <= CFG["max_repetitions"]
@@ -177,14 +178,14 @@ def test_topk_kl_bound_on_a_trained_model(trained_f16, tiny_data, tmp_path):
     5 % of the full-vocabulary mean once every token's tail holds under 10 % of the reference's mass,
     within 1 % under 5 %, and within 1 % under 0.1 %.
     """
-    quantize(trained_f16, tmp_path / "q4.gguf", {"type": "Q4_K_M"}, threads=2)
+    quantize(trained_f16, tmp_path / "q4.gguf", {"type": "Q4_K_M"}, 2, LLAMA_CPP_DIR)
     ref_llm = bench.load(trained_f16, CFG["n_ctx"], 2, logits_all=True)
     q_llm = bench.load(tmp_path / "q4.gguf", CFG["n_ctx"], 2, logits_all=True)
     toks = ref_llm.tokenize(tiny_data["heldout"].read_text().encode(), add_bos=True)
     p, q = [], []
-    for chunk in bench.chunk_tokens(toks, CFG["n_ctx"], 8, ref_llm.token_bos()):
-        p.append(bench.chunk_logprobs(ref_llm, chunk)[0])
-        q.append(bench.chunk_logprobs(q_llm, chunk)[0])
+    for chunk in quality.chunk_tokens(toks, CFG["n_ctx"], 8, ref_llm.token_bos()):
+        p.append(quality.chunk_logprobs(ref_llm, chunk)[0])
+        q.append(quality.chunk_logprobs(q_llm, chunk)[0])
     ref_llm.close()
     q_llm.close()
     p, q = np.concatenate(p), np.concatenate(q)

@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY_BENCH
 from safetensors import safe_open
 
-from quantflow import bench, gptq, hf_bench
+from quantflow import bench, gptq, hf_bench, quality
 from quantflow.data import read_jsonl
 from quantflow.inputs import InputError
 from quantflow.results import validate
@@ -113,7 +113,7 @@ def test_bench_measures_the_checkpoint(checkpoint, tiny_f16, tiny_data, tiny_hf,
     out, _ = checkpoint
     ref = bench.make_reference(tiny_f16, tiny_data["heldout"].read_text(), CFG, threads=2)
     path = tmp_path / "reference.npz"
-    bench.save_reference(path, ref)
+    quality.save_reference(path, ref)
     meta = {"model": "t", "ft": "base"}
     test, prompts = read_jsonl(tiny_data["test"])[:2], read_jsonl(tiny_data["prompts"])[:2]
     r = hf_bench.run_hf_variant(out, "hf-gptq4", path, test, prompts, CFG, 2, meta)

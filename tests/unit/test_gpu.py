@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import TINY_BENCH  # noqa: E402
 
-from quantflow import bench, gptq, hf_bench  # noqa: E402
+from quantflow import bench, gptq, hf_bench, quality  # noqa: E402
 from quantflow.data import read_jsonl  # noqa: E402
 from quantflow.finetune import merge, train  # noqa: E402
 from quantflow.results import validate  # noqa: E402
@@ -32,7 +32,7 @@ META = {"model": "t", "ft": "base"}
 def reference(tiny_f16, tiny_data, tmp_path_factory):
     ref = bench.make_reference(tiny_f16, tiny_data["heldout"].read_text(), CFG, threads=2)
     path = tmp_path_factory.mktemp("gpuref") / "reference.npz"
-    bench.save_reference(path, ref)
+    quality.save_reference(path, ref)
     return path
 
 

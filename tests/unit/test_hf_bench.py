@@ -11,6 +11,7 @@ from conftest import TINY_BENCH
 
 from quantflow import bench, hf_bench
 from quantflow.data import read_jsonl
+from quantflow.quality import load_reference, save_reference
 from quantflow.results import SCHEMA, validate
 
 CFG = TINY_BENCH
@@ -23,13 +24,13 @@ def reference(tiny_f16, tiny_data, tmp_path_factory) -> Path:
     """Reference from the model's own GGUF f16: hf-fp32 differs from it by f16 rounding only."""
     ref = bench.make_reference(tiny_f16, tiny_data["heldout"].read_text(), CFG, threads=2)
     path = tmp_path_factory.mktemp("hfref") / "reference.npz"
-    bench.save_reference(path, ref)
+    save_reference(path, ref)
     return path
 
 
 @pytest.fixture(scope="module")
 def quality(tiny_hf, reference) -> dict[str, dict]:
-    ref = bench.load_reference(reference)
+    ref = load_reference(reference)
     return {v: hf_bench.measure_quality(tiny_hf, v, ref, CFG, threads=2) for v in RUNNABLE}
 
 
@@ -66,7 +67,7 @@ def test_gptq_reasons(monkeypatch):
 
 def test_fp32_matches_own_f16_reference(quality, reference):
     q = quality["hf-fp32"]
-    ref = bench.load_reference(reference)
+    ref = load_reference(reference)
     assert q["n_tokens"] == ref["nll"].size == ref["chunks"].shape[0] * (CFG["n_ctx"] // 2 - 1)
     assert q["kl_mean"] < 1e-3 and q["top1_agreement"] > 0.95
     assert q["ppl"] == pytest.approx(float(np.exp(ref["nll"].mean())), rel=0.01)

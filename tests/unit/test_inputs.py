@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import LLAMA_CPP_DIR
 
 from quantflow import atomic
 from quantflow.inputs import InputError, check_hf_dir, check_sft_file, check_text_file, hf_dims
 from quantflow.memory import GGUF_OVERHEAD_MB, MB, InsufficientMemory, check_memory, refusal, required_bytes
-from quantflow.quantize import check_gguf, fallback_tensors, predicted_fallbacks, tensor_summary
+from quantflow.quantize import check_gguf, tensor_summary
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +55,7 @@ def test_quantize_refuses_a_truncated_f16_and_leaves_nothing(tiny_f16, tmp_path)
     out = tmp_path / "out" / "Q8_0.gguf"
     out.parent.mkdir()
     with pytest.raises(ValueError, match=r"f16.gguf: truncated or corrupted GGUF"):
-        quantize(bad, out, {"type": "Q8_0"}, 1)
+        quantize(bad, out, {"type": "Q8_0"}, 1, LLAMA_CPP_DIR)
     assert list(out.parent.iterdir()) == []
 
 
@@ -63,34 +64,16 @@ def test_quantize_writes_no_partial_files(tiny_f16, tmp_path):
 
     out = tmp_path / "Q8_0.gguf"
     (tmp_path / ".Q8_0.gguf.partial-99999.gguf").write_bytes(b"left by a killed job")
-    quantize(tiny_f16, out, {"type": "Q8_0"}, 1)
+    quantize(tiny_f16, out, {"type": "Q8_0"}, 1, LLAMA_CPP_DIR)
     check_gguf(out)
     assert [p.name for p in tmp_path.iterdir()] == ["Q8_0.gguf"]
 
 
-def test_kquant_fallbacks_are_predicted_from_the_widths(tiny_tokenizer, tmp_path):
-    """The prediction the config check makes matches what llama.cpp really does on such a model."""
-    import ctypes
+def test_widths_and_tied_embeddings_are_read_from_config_json(tiny_tokenizer, tmp_path):
+    from conftest import build_tiny_hf
 
-    import llama_cpp
-    from conftest import LLAMA_CPP_DIR, build_tiny_hf
-
-    from quantflow.config import llama_quant_types
-    from quantflow.convert import convert
-
-    hf = build_tiny_hf(tiny_tokenizer, tmp_path / "hf", hidden=320, ffn=384, layers=1)
-    assert hf_dims(hf) == {"hidden": 320, "ffn": 384, "q_width": 320}
-    f16 = tmp_path / "f16.gguf"
-    convert(hf, f16, LLAMA_CPP_DIR)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_quant_types()["Q4_K_M"]
-    out = tmp_path / "q.gguf"
-    assert llama_cpp.llama_model_quantize(str(f16).encode(), str(out).encode(), ctypes.byref(params)) == 0
-    bad = fallback_tensors(tensor_summary(out)["tensors"], "Q4_K_M", {})
-    seen = {n.split("=")[0].removesuffix(".weight") for n in bad}
-    seen = {".".join("*" if p.isdigit() else p for p in n.split(".")) for n in seen}
-    assert seen == set(predicted_fallbacks(320, 384, 320))
-    assert predicted_fallbacks(512, 1536, 512) == {}
+    hf = build_tiny_hf(tiny_tokenizer, tmp_path / "hf", hidden=320, ffn=384, layers=1, tied=True)
+    assert hf_dims(hf) == {"hidden": 320, "ffn": 384, "q_width": 320, "tied": True}
 
 
 def _copy_hf(src: Path, dst: Path) -> Path:

@@ -1,6 +1,7 @@
 """Our figures against llama.cpp's own tools, on the same tiny model, text and context."""
 
 import pytest
+from conftest import LLAMA_CPP_DIR
 
 from quantflow import bench
 from quantflow.llama_tools import llama_bench, llama_perplexity
@@ -12,7 +13,7 @@ N_CTX, CHUNKS = 64, 4
 @pytest.fixture(scope="module")
 def q4(tiny_f16, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "Q4_K_M.gguf"
-    quantize(tiny_f16, out, {"type": "Q4_K_M"}, threads=2)
+    quantize(tiny_f16, out, {"type": "Q4_K_M"}, 2, LLAMA_CPP_DIR)
     return out
 
 

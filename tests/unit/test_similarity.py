@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import LLAMA_CPP_DIR
 
 from quantflow import bench, similarity
 from quantflow.quantize import quantize
@@ -50,7 +51,7 @@ def test_reference_answers_and_similarity_of_a_quantized_variant(tiny_f16, tiny_
     similarity.write_reference_answers(ref_path, ref_rows, {"model": "t", "ft": "base"})
     assert json.loads(ref_path.read_text())["answers"] == ref_rows
 
-    quantize(tiny_f16, tmp_path / "q.gguf", {"type": "Q3_K_M"}, threads=2)
+    quantize(tiny_f16, tmp_path / "q.gguf", {"type": "Q3_K_M"}, 2, LLAMA_CPP_DIR)
     results = {}
     for name, path in (("f16", tiny_f16), ("Q3_K_M", tmp_path / "q.gguf")):
         rows, acc = bench.answer_tasks(path, items, CFG, threads=2)

@@ -100,3 +100,75 @@ def test_retention_known_values(variant, base, ft, expected):
 )
 def test_retention_is_na(variant, base, ft):
     assert stats.retention(variant, base, ft) is None
+
+
+Z95 = 1.959963984540054
+
+
+def test_mcnemar_exact_known_tables():
+    # 1 flip one way, 9 the other: two-sided binomial p = 2 * P(X <= 1 | 10, 1/2) = 2 * 11 / 1024
+    assert stats.mcnemar_exact(1, 9) == pytest.approx(22 / 1024)
+    assert stats.mcnemar_exact(9, 1) == stats.mcnemar_exact(1, 9)
+    assert stats.mcnemar_exact(0, 0) == 1.0 and stats.mcnemar_exact(5, 5) == 1.0
+    # 0 vs 12: 2 / 2**12
+    assert stats.mcnemar_exact(0, 12) == pytest.approx(2 / 4096)
+    assert stats.flips([1, 1, 0, 0, 1], [1, 0, 1, 1, 1]) == (1, 2)
+    with pytest.raises(ValueError, match="differ in number"):
+        stats.flips([1, 0], [1])
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (8, 10), (3, 140), (140, 140)])
+def test_wilson_bounds_closed_form(k, n):
+    p = k / n
+    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
+    half = Z95 / (1 + Z95**2 / n) * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n))
+    lo, hi = stats.wilson(k, n)
+    assert lo == pytest.approx(max(0.0, centre - half), abs=1e-12)
+    assert hi == pytest.approx(min(1.0, centre + half), abs=1e-12)
+    assert stats.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_mean_se_is_llama_perplexity_formula():
+    v = np.random.default_rng(0).exponential(0.01, size=500)
+    # llama-perplexity: f = sum/n; df = sqrt((sum2/n - f^2) / (n - 1))
+    f = v.sum() / v.size
+    df = math.sqrt((np.square(v).sum() / v.size - f * f) / (v.size - 1))
+    assert stats.mean_se(v) == pytest.approx((f, df), rel=1e-9)
+    assert stats.mean_se(v[:10])[1] == 0.0  # it reports no error for 10 values or fewer
+    assert stats.proportion_se(0.9, 101) == pytest.approx(math.sqrt(0.09 / 100))
+
+
+def test_quantile_ci_order_statistics():
+    for n in (10, 20, 50):
+        assert stats.quantile_ci(list(range(1, n + 1)), 0.5) == stats.median_ci(list(range(1, n + 1)))
+    lo, hi = stats.quantile_ci(np.arange(1, 1001), 0.99)
+    assert lo < 990 < hi and hi < 1000  # 1000 values bound the 99th percentile on both sides
+    # too few values above the 99th percentile: the upper end is the sample maximum
+    assert stats.quantile_ci(np.arange(1, 51), 0.99)[1] == 50
+
+
+def test_paired_ratio_cancels_drift():
+    rng = np.random.default_rng(1)
+    machine = np.exp(rng.normal(0, 0.3, size=12))  # a +-30 % drift from round to round
+    ref = 2000 * machine
+    r = stats.paired_ratio(0.8 * ref, ref)
+    assert r["median"] == pytest.approx(0.8) and r["ci95"] == pytest.approx([0.8, 0.8]) and r["n"] == 12
+    # the interval is the median's order-statistic interval of the per-round ratios
+    ratios = np.arange(1, 21) / 10
+    assert stats.paired_ratio(ratios, np.ones(20))["ci95"] == pytest.approx([0.6, 1.5])
+    with pytest.raises(ValueError, match="equally many rounds"):
+        stats.paired_ratio([1, 2], [1])
+
+
+def test_retention_ci():
+    base = np.array([0, 0, 0, 1, 0, 0, 0, 0] * 10)
+    ft = np.array([1, 1, 0, 1, 1, 1, 1, 0] * 10)
+    assert stats.retention_ci(ft, base, ft) == (1.0, 1.0)  # keeps all of the gain in every resample
+    assert stats.retention_ci(base, base, ft) == (0.0, 0.0)
+    lo, hi = stats.retention_ci(np.array([1, 1, 0, 1, 0, 1, 1, 0] * 10), base, ft)
+    point = stats.retention(0.625, 0.125, 0.75)
+    assert lo < point < hi and 0 < lo and hi <= 1
+    # a fine-tune that gains one question in 80: resamples often show no gain, so nothing is bounded
+    tiny = base.copy()
+    tiny[0] = 1
+    assert stats.retention_ci(tiny, base, tiny) == (None, None)

@@ -92,19 +92,24 @@ def test_bench_jobs_never_overlap(run):
         assert e1 <= s2, f"{a} and {b} overlapped"
 
 
-def test_gguf_files_hold_the_requested_types(run):
-    from gguf import GGUFReader
+def test_gguf_files_hold_the_types_their_plans_record(run):
+    import json
 
-    from quantflow.quantize import ALLOWED_TYPES
+    from quantflow.gguf_types import default_type
+    from quantflow.quantize import is_weight, tensor_summary
 
     for ft in ("base", "lora"):
         for q in ("Q8_0", "Q4_K_M", "Q3_K_M", "Q4_K_M-imat"):
-            types = {
-                t.tensor_type.name
-                for t in GGUFReader(run / f"results/tiny/{ft}/gguf/{q}.gguf").tensors
-                if len(t.shape) == 2
+            summary = tensor_summary(run / f"results/tiny/{ft}/gguf/{q}.gguf")
+            plan = json.loads((run / f"results/tiny/{ft}/gguf/{q}.plan.json").read_text())
+            assert plan["n_fallback"] == 0, (ft, q, plan["fallbacks"])  # the tiny model's widths all fit
+            weights = {n: t for n, (t, shape, _) in summary["tensors"].items() if is_weight(shape)}
+            assert default_type(q.removesuffix("-imat")) in weights.values()
+            assert {o["tensor"] for o in plan["off_type"]} == {
+                n for n, t in weights.items() if t != default_type(q.removesuffix("-imat"))
             }
-            assert types <= ALLOWED_TYPES[q.removesuffix("-imat")], (ft, q, types)
+            result = json.loads((run / f"results/tiny/{ft}/bench/gguf-{q}.json").read_text())
+            assert result["file"]["plan"] == plan
 
 
 def test_second_run_has_nothing_to_do(run):

@@ -1,0 +1,154 @@
+"""The speed protocol both engines run (design section 5), and the fresh process it runs in.
+
+One fresh process per variant, a fixed thread count, warm-up runs discarded, N measured repetitions
+summarised by median and spread. An engine supplies what differs: how to load and free a model, one
+decode repetition, one timed greedy answer and how a suite item becomes token ids
+(:mod:`quantflow.bench` for llama.cpp, :mod:`quantflow.hf_bench` for transformers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import stats
+from .atomic import die_with_parent
+from .memory import peak_rss_mb, rss_mb
+from .telemetry import GpuSampler
+
+log = logging.getLogger(__name__)
+
+
+def speed_summary(cfg: dict, threads: int, prompt_tokens: int, load_s, pp, tg, ttft, lat) -> dict:
+    """The result's speed block from raw repetitions: one shape for both formats."""
+    return {
+        "threads": threads,
+        "n_ctx": cfg["n_ctx"],
+        "prompt_tokens": prompt_tokens,
+        "gen_tokens": cfg["gen_tokens"],
+        "warmup": cfg["warmup"],
+        "converged": stats.converged(tg, cfg["target_ci"]),
+        "target_ci": cfg["target_ci"],
+        "load_s": stats.summarize(load_s),
+        "prompt_tps": stats.summarize(pp),
+        "decode_tps": stats.summarize(tg),
+        "ttft_s": stats.summarize(ttft),
+        "latency_s": stats.summarize(lat),
+    }
+
+
+def measure(
+    *,
+    load: Callable[[], object],
+    decode: Callable[[object, list[int], int], tuple[float, float]],
+    answer: Callable[[object, list[int], int], tuple[float, float]],
+    encode: Callable[[object, dict], list[int]],
+    cfg: dict,
+    threads: int,
+    prompt: list[int],
+    suite: list[dict],
+    close: Callable[[object], None] = lambda model: None,
+    free: Callable[[], None] = lambda: None,
+    what: str = "",
+) -> tuple[dict, dict]:
+    """Load time, prompt/decode rates, TTFT and latency over the prompt suite; then memory.
+
+    ``load()`` returns a loaded model (whatever the engine's handle is); ``close(model)`` releases it
+    and ``free()`` runs once the protocol has dropped its reference (garbage collection, CUDA cache).
+    ``decode(model, prompt, n)`` is one repetition -> (prompt tok/s, decode tok/s over n steps);
+    ``answer(model, ids, max_new)`` one timed greedy answer -> (seconds to first token, total);
+    ``encode(model, item)`` the token ids of a suite item.
+
+    Decode repetitions continue past cfg["repetitions"] until the 95 % CI of the median decode rate is
+    within +-cfg["target_ci"] or cfg["max_repetitions"] is reached. The baseline RSS is read before the
+    first load (the caller imports its framework first, so model_rss_mb is the model and its buffers);
+    the peak when the protocol ends. GPU telemetry (peak VRAM, utilisation; None without a GPU) is
+    sampled in a background thread throughout.
+    """
+    baseline = rss_mb()
+    with GpuSampler() as gpu:
+        warm, reps = cfg["warmup"], cfg["repetitions"]
+        load_s, model = [], None
+        for i in range(warm + reps):
+            if model is not None:
+                close(model)
+                model = None  # the previous load is freed before the next one
+                free()
+            t0 = time.perf_counter()
+            model = load()
+            if i >= warm:
+                load_s.append(time.perf_counter() - t0)
+        prompt = prompt[: cfg["prompt_tokens"]]
+        pp, tg = [], []
+        for _ in range(warm):
+            decode(model, prompt, cfg["gen_tokens"])
+        while len(tg) < cfg["max_repetitions"]:
+            p, d = decode(model, prompt, cfg["gen_tokens"])
+            pp.append(p)
+            tg.append(d)
+            if len(tg) >= reps and stats.converged(tg, cfg["target_ci"]):
+                break
+        ttft, lat = [], []
+        suite_ids = [encode(model, s) for s in suite]
+        for i in range(warm + reps):
+            for ids in suite_ids:
+                t_first, t_all = answer(model, ids, cfg["max_answer_tokens"])
+                if i >= warm:
+                    ttft.append(t_first)
+                    lat.append(t_all)
+        peak = peak_rss_mb()
+        close(model)
+        model = None
+        free()
+    speed = speed_summary(cfg, threads, len(prompt), load_s, pp, tg, ttft, lat)
+    memory = {"use_mmap": False, "peak_rss_mb": peak, **gpu.summary()}
+    memory.update(baseline_rss_mb=baseline, model_rss_mb=peak - baseline)
+    log.info(
+        "%sdecode %.1f tok/s (CV %.1f %%, %d runs), prompt %.1f tok/s, peak RSS %.1f MB",
+        f"{what}: " if what else "",
+        speed["decode_tps"]["median"],
+        100 * speed["decode_tps"]["cv"],
+        len(tg),
+        speed["prompt_tps"]["median"],
+        peak,
+    )
+    return speed, memory
+
+
+def run_isolated(module: str, payload: dict, what: str) -> dict:
+    """Run ``python -m module`` in a fresh interpreter: JSON job on stdin, JSON result on stdout,
+    its log lines (stderr) forwarded to this process's log.
+
+    The Snakemake script process carries Snakemake's own imports (~150 MB) and whatever earlier steps
+    allocated; measured in there, peak RSS would mostly be the workflow engine, not the model.
+    """
+    pkg_root = str(Path(__file__).resolve().parent.parent)  # importable even when not pip-installed
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(
+        [sys.executable, "-m", module],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        preexec_fn=die_with_parent,  # a killed bench job must not leave its measurement running
+    )
+    for line in proc.stderr.splitlines():
+        log.info("speed: %s", line)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"speed measurement of {what} failed (exit {proc.returncode}): {tail[0]}")
+    return json.loads(proc.stdout)
+
+
+def isolated_main(job_to_result: Callable[[dict], dict]) -> None:
+    """Entry point of an isolated measurement: JSON job on stdin, ``job_to_result(job)`` as JSON on stdout."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    job = json.loads(sys.stdin.read())
+    sys.stdout.write(json.dumps(job_to_result(job)))
