@@ -29,8 +29,8 @@ from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from matplotlib.text import Text
 
 from .recommend import pareto_front
-from .results import REFERENCE_VARIANT, short_variant
 from .table import category_columns, is_missing
+from .variants import REFERENCE, short_name
 
 FRONT = "C0"
 OTHER = "0.6"
@@ -121,7 +121,7 @@ def _figure(width: float = 6.4, height: float = 4.0) -> tuple[Figure, Any]:
 
 
 def _label(v: str) -> str:
-    return short_variant(v)
+    return short_name(v)
 
 
 def pareto_svg(group: pd.DataFrame, floor: float, chosen: str | None, id_prefix: str) -> Markup | None:
@@ -136,7 +136,7 @@ def pareto_figure(
     rows = group.loc[group["decode_tps"].notna() & group["kl_mean"].notna()]
     if rows.empty:
         return None
-    is_ref = (rows["variant"] == REFERENCE_VARIANT) | (rows["kl_mean"] <= 0)
+    is_ref = (rows["variant"] == REFERENCE) | (rows["kl_mean"] <= 0)
     quant = rows.loc[~is_ref & (rows["kl_mean"] > 0)]
     lowest = float(quant["kl_mean"].min()) if not quant.empty else max(floor, 1e-3)
     # The noise floor: the reference's own KL (plus its SE), never lower than a tenth of the smallest

@@ -15,8 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-from .results import REFERENCE_VARIANT, number
+from .results import number
 from .table import is_missing
+from .variants import REFERENCE
 
 
 def pareto_front(points: Sequence[Sequence[float]], minimize: Sequence[bool] = (True, False)) -> list[int]:
@@ -342,14 +343,14 @@ def _best(group: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.Serie
 
 
 def _best_quality(group: pd.DataFrame) -> pd.Series | None:
-    is_ref = (group["kl_mean"] == 0) | (group["variant"] == REFERENCE_VARIANT)
+    is_ref = (group["kl_mean"] == 0) | (group["variant"] == REFERENCE)
     # The f16 reference has KL 0 by construction, so "best quantized" is the useful answer;
     # the reference itself is only the answer when nothing else was measured.
     for candidates in (group.loc[~is_ref], group.loc[is_ref]):
         row = _best(candidates, ["kl_mean", "size_mb"], [True, True])
         if row is not None:
             return row
-    ref = group.loc[group["variant"] == REFERENCE_VARIANT]
+    ref = group.loc[group["variant"] == REFERENCE]
     return None if ref.empty else ref.iloc[0]
 
 
@@ -362,7 +363,7 @@ def _why_recommended(row: pd.Series, applied: Sequence[Constraint]) -> str:
 
 
 def _why_quality(row: pd.Series) -> str:
-    is_ref = row["variant"] == REFERENCE_VARIANT or row["kl_mean"] == 0
+    is_ref = row["variant"] == REFERENCE or row["kl_mean"] == 0
     return _join(
         "reference (KL 0 by definition)" if is_ref else _part("KL {:.3g}", row["kl_mean"]),
         None if is_ref else _part("p99 {:.3g}", row["kl_p99"]),

@@ -26,9 +26,9 @@ from . import charts, columns, exports, templating
 from .answers import answers_side_by_side
 from .display import fmt, human_count
 from .recommend import KIND_LABELS, Constraint, make_constraints, recommend
-from .results import short_variant
 from .table import is_missing, results_table, with_provenance
 from .templating import MARKS, MISSING
+from .variants import short_name
 from .verdict import verdicts
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def _answers_view(group: Mapping[str, Any]) -> dict[str, Any]:
             text += f" (sim {cell['similarity']:.2f})"
         return f"{text} {FLIP_MARK}" if cell["flip"] else text
 
-    headers = ["#", "Category", "Prompt", "Expected", "f16 (reference)", *(short_variant(v) for v in group["variants"])]
+    headers = ["#", "Category", "Prompt", "Expected", "f16 (reference)", *(short_name(v) for v in group["variants"])]
     md_rows = [
         [row["id"], row["category"] or MISSING, row["prompt"], row["expected"], md(row["reference"]),
          *(md(c) for c in row["cells"])]

@@ -18,7 +18,8 @@ import pandas as pd
 
 from . import stats
 from .answers import answer_flips
-from .results import BASE_FT, REFERENCE_VARIANT, number
+from .results import BASE_FT, number
+from .variants import REFERENCE
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def _drop_duplicate_keys(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _add_speedup(df: pd.DataFrame) -> pd.DataFrame:
-    ref = df.loc[(df["variant"] == REFERENCE_VARIANT) & (df["status"] == "ok"), ["model", "ft", "decode_tps"]]
+    ref = df.loc[(df["variant"] == REFERENCE) & (df["status"] == "ok"), ["model", "ft", "decode_tps"]]
     ref = ref.rename(columns={"decode_tps": "_ref_tps"})
     out = df.merge(ref, on=["model", "ft"], how="left", validate="many_to_one")
     # A zero reference speed would give inf, which reads as a real measurement; NaN does not.
@@ -209,7 +210,7 @@ def _add_accuracy_gain(df: pd.DataFrame) -> pd.DataFrame:
 
 def _add_retention(df: pd.DataFrame) -> pd.DataFrame:
     """stats.retention per row against the f16 accuracies of the base and of the row's fine-tune."""
-    f16 = df.loc[(df["variant"] == REFERENCE_VARIANT) & (df["status"] == "ok")]
+    f16 = df.loc[(df["variant"] == REFERENCE) & (df["status"] == "ok")]
     acc = {(m, ft): a for m, ft, a in zip(f16["model"], f16["ft"], f16["accuracy"], strict=True)}
     out = df.copy()
     out["retention"] = [

@@ -13,8 +13,8 @@ from typing import Any
 import pandas as pd
 
 from .display import NA, fmt, p_value, with_ci, with_se
-from .results import REFERENCE_VARIANT, short_variant
 from .table import is_missing
+from .variants import REFERENCE, short_name
 
 #: McNemar's p at or above this: no evidence that the variant answers the tasks differently from f16.
 TASK_ALPHA = 0.05
@@ -37,7 +37,7 @@ def verdicts(df: pd.DataFrame, recs: Sequence[Mapping[str, Any]], quality_floor_
         group = ok.loc[(ok["model"] == rec["model"]) & (ok["ft"] == rec["ft"])]
         rows = {r["variant"]: r for r in group.to_dict("records")}
         chosen = rows.get(rec["variant"]) if rec["variant"] else None
-        ref = rows.get(REFERENCE_VARIANT)
+        ref = rows.get(REFERENCE)
         lead = chosen or rows.get(rec.get("closest") or "")
         compared = [("recommended" if chosen else "closest", lead)]
         if ref is not None and ref is not lead:
@@ -61,13 +61,13 @@ def verdicts(df: pd.DataFrame, recs: Sequence[Mapping[str, Any]], quality_floor_
 def _cells(role: str, r: Mapping[str, Any]) -> list[str]:
     return [
         role,
-        short_variant(r["variant"]),
+        short_name(r["variant"]),
         with_ci(r["speedup_vs_f16"], r["speedup_ci_lo"], r["speedup_ci_hi"], ".2f", suffix="x"),
         fmt(r["size_mb"], ".1f"),
         fmt(r["peak_rss_mb"], ".0f"),
         with_se(r["kl_mean"], r["kl_mean_se"], ".3g"),
         with_ci(r["accuracy"], r["accuracy_ci_lo"], r["accuracy_ci_hi"], ".1f", scale=100),
-        "(ref)" if r["variant"] == REFERENCE_VARIANT else p_value(r["mcnemar_p"]),
+        "(ref)" if r["variant"] == REFERENCE else p_value(r["mcnemar_p"]),
     ]
 
 
@@ -77,7 +77,7 @@ def _sentence(
     if chosen is None:
         return f"no variant meets the limits. {_capital(rec['why'])}."
     variant = chosen["variant"]
-    if variant == REFERENCE_VARIANT:
+    if variant == REFERENCE:
         why = "every faster variant misses a limit"
         if not rec.get("bound_by"):
             why = "no quantized variant decoded faster here"

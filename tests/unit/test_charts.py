@@ -74,3 +74,11 @@ def test_chart_ids_are_unique_across_charts() -> None:
     made = charts.charts(_base(), 0.05, {("tiny-lm", "base"): "gguf-Q4_K_M"}, TRAINING)
     ids = re.findall(r'\bid="([^"]+)"', "".join(str(c["svg"]) for c in made if c["svg"]))
     assert ids and len(ids) == len(set(ids))
+
+
+def test_depth_chart_only_when_the_results_carry_depths() -> None:
+    assert charts.depth_svg({}, "d-") is None
+    point = {"median": 100.0, "p10": 95.0, "p90": 105.0, "cv": 0.02, "n": 5}
+    by_depth = {"gguf-Q4_K_M": [{"depth": d, "decode_tps": point, "engine_tg_tps": point} for d in (0, 128, 384)]}
+    svg = charts.depth_svg(by_depth, "d-")
+    assert svg is not None and svg.count("<svg") == 1

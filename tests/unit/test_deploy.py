@@ -75,3 +75,17 @@ def test_an_hf_variant_gets_the_loading_snippet(tmp_path: Path) -> None:
     compile(snippet, "load.py", "exec")
     assert "load_in_4bit=True" in snippet and "'results/tiny/base/hf'" in snippet
     assert 'library_name: "transformers"' in (folder / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_new_recommendation_replaces_the_folder(tiny_f16: Path, tmp_path: Path) -> None:
+    results = [_measured(tiny_f16)]
+    df = results_table(results)
+    deploy.write(tmp_path / "deploy", recommend(df, 0.05), results, df.to_dict("records"))
+    (tmp_path / "deploy" / "stale.txt").write_text("from an older recommendation")
+    # Now the same model / fine-tune is recommended as an HF variant: the GGUF folder goes with it.
+    hf = make_result("base", "hf-nf4", "NF4", model="tiny", decode_tps=1e6)
+    both = [*results, hf]
+    df = results_table(both)
+    (folder,) = deploy.write(tmp_path / "deploy", recommend(df, 0.05), both, df.to_dict("records"))
+    assert sorted(p.name for p in (tmp_path / "deploy").iterdir()) == ["tiny-base"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "load.py"]
