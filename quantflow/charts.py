@@ -26,6 +26,7 @@ from markupsafe import Markup
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
+from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
 from .recommend import pareto_front
@@ -76,7 +77,7 @@ def charts(
                 "model": model,
                 "ft": ft,
                 "title": f"{model} / {ft}: accuracy per task category",
-                "svg": categories_svg(group, category_columns(df), prefix + "c-"),
+                "svg": categories_svg(group, category_columns(df), prefix + "c-", _category_detail(results, model, ft)),
                 "caption": "Share of each category's test questions answered right, per variant (hover a cell "
                 "for the count and its 95 % interval where measured).",
             }
@@ -227,8 +228,30 @@ def _place_labels(fig: Figure, ax: Any, texts: Sequence[tuple[float, float, str]
         placed.append(best[1])
 
 
-def categories_svg(group: pd.DataFrame, categories: Mapping[str, str], id_prefix: str) -> Markup | None:
-    """A heat map: variants (rows) x task categories (columns), accuracy % written in each cell."""
+def _category_detail(results: Sequence[Mapping[str, Any]], model: str, ft: str) -> dict[tuple[str, str], str]:
+    """(variant, category) -> "n questions, 95 % CI lo–hi %" where the result records them."""
+    out = {}
+    for r in results:
+        if (r.get("model"), r.get("ft")) != (model, ft):
+            continue
+        q = r.get("quality") or {}
+        ns, cis = q.get("n_by_category") or {}, q.get("accuracy_by_category_ci95") or {}
+        for cat in q.get("accuracy_by_category") or {}:
+            parts = [f"{ns[cat]} questions"] if cat in ns else []
+            ci = cis.get(cat)
+            parts.append(f"95 % CI {ci[0] * 100:.0f}–{ci[1] * 100:.0f} %" if ci and len(ci) == 2 else "CI n/a")
+            out[(str(r.get("variant")), cat)] = ", ".join(parts)
+    return out
+
+
+def categories_svg(
+    group: pd.DataFrame,
+    categories: Mapping[str, str],
+    id_prefix: str,
+    detail: Mapping[tuple[str, str], str] | None = None,
+) -> Markup | None:
+    """A heat map: variants (rows) x task categories (columns), accuracy % written in each cell; each
+    cell's hover title adds its number of questions and interval (``detail``) where known."""
     cols = [c for c in categories if c in group.columns and group[c].notna().any()]
     if not cols:
         return None
@@ -238,13 +261,22 @@ def categories_svg(group: pd.DataFrame, categories: Mapping[str, str], id_prefix
     ax.imshow(np.nan_to_num(values, nan=-1), cmap="Greens", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(cols)), [categories[c] for c in cols], rotation=30, ha="right", fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
+    titles = []
+    variants = list(group["variant"])
     for i in range(len(names)):
         for j in range(len(cols)):
             v = values[i, j]
             ax.text(j, i, "–" if math.isnan(v) else f"{v:.0f}", ha="center", va="center", fontsize=7,
                     color="white" if v > 60 else "0.1")  # fmt: skip
+            cell = Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, linewidth=0, gid=f"cell{i}-{j}")
+            ax.add_patch(cell)
+            extra = (detail or {}).get((variants[i], categories[cols[j]]))
+            shown = "not measured" if math.isnan(v) else f"{v:.0f} %"
+            titles.append(
+                (f"cell{i}-{j}", f"{names[i]}, {categories[cols[j]]}: {shown}" + (f" ({extra})" if extra else ""))
+            )
     ax.set_xlabel("accuracy % per category")
-    return _svg(fig, id_prefix)
+    return _svg(fig, id_prefix, titles)
 
 
 def depth_svg(by_depth: Mapping[str, Sequence[Mapping[str, Any]]], id_prefix: str) -> Markup | None:

@@ -66,6 +66,13 @@ def test_category_and_loss_charts() -> None:
     df = results_table(results)
     svg = charts.categories_svg(df, {"acc_code": "code", "acc_math": "math"}, "c-")
     assert svg is not None and svg.count("<svg") == 1
+    assert "<title>Q4_K_M, math: 50 %</title>" in svg  # no count or interval recorded: just the value
+    q4 = results[2]["quality"]
+    q4.update(n_by_category={"math": 10, "code": 8}, accuracy_by_category_ci95={"math": [0.24, 0.76]})
+    made = charts.charts(results_table(results), 0.05, results=results)
+    heat = next(str(c["svg"]) for c in made if c["kind"] == "categories")
+    assert "<title>Q4_K_M, math: 50 % (10 questions, 95 % CI 24–76 %)</title>" in heat
+    assert "<title>Q4_K_M, code: 25 % (8 questions, CI n/a)</title>" in heat
     assert charts.loss_svg([], 1.0, "l-") is None
     assert charts.loss_svg(TRAINING[0].get("loss_curve") or [(1, 2.0), (2, 1.5)], 1.4, "l-") is not None
 
