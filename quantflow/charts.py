@@ -157,7 +157,7 @@ def pareto_figure(
     front = set(pareto_front(list(zip(rows["kl_mean"], xs, strict=True)), minimize=(True, False)))
     gids = []
     for i, r in enumerate(records):
-        xerr = _err(r["decode_tps"], r["decode_tps_ci_lo"], r["decode_tps_ci_hi"])
+        xerr = _err(r["decode_tps"], r["decode_tps_lo"], r["decode_tps_hi"])
         yerr = None if is_ref.iloc[i] or is_missing(r["kl_mean_se"]) else [[min(r["kl_mean_se"], ys[i] * 0.9)],
                                                                             [r["kl_mean_se"]]]  # fmt: skip
         on_front = i in front

@@ -70,7 +70,7 @@ def _flips(r: Mapping[str, Any]) -> str:
 COLUMNS: tuple[Column, ...] = (
     Column("speed", "Decode tok/s median [p10–p90]", _decode),
     Column("speed", "vs f16 [95 % CI]",
-           lambda r: with_ci(r["speedup_vs_f16"], r["speedup_ci_lo"], r["speedup_ci_hi"], ".2f", suffix="x")),
+           lambda r: with_ci(r["speedup_vs_f16"], r["speedup_vs_f16_lo"], r["speedup_vs_f16_hi"], ".2f", suffix="x")),
     Column("speed", "CV %", lambda r: fmt(r["decode_cv"], ".1f", scale=100)),
     Column("speed", "llama-bench tg", _engine),
     Column("speed", "ours / engine", lambda r: fmt(r["python_vs_engine_tg"], ".2f", suffix="x")),
@@ -89,7 +89,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("fidelity", "PPL ± SE", lambda r: with_se(r["ppl"], r["ppl_se"], ".3f")),
     Column("fidelity", "Similarity mean / min", lambda r: _pair(r["similarity_mean"], r["similarity_min"], ".3f")),
     Column("tasks", "Accuracy % [95 % CI]",
-           lambda r: with_ci(r["accuracy"], r["accuracy_ci_lo"], r["accuracy_ci_hi"], ".1f", scale=100),
+           lambda r: with_ci(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"], ".1f", scale=100),
            "min_accuracy"),
     Column("tasks", "Δ acc vs base (pp)", lambda r: fmt(r["accuracy_gain_vs_base"], "+.1f", scale=100)),
     Column("tasks", "Retention %", lambda r: na(r["retention"], ".0f", scale=100)),

@@ -188,8 +188,8 @@ def model_card(
     """A Hugging Face model card: YAML front matter, then the measured figures with their uncertainty."""
     from .display import fmt, p_value, with_ci, with_se
 
-    def ci(col: str, ci_prefix: str, spec: str, **kw: Any) -> str:
-        return with_ci(row[col], row[f"{ci_prefix}_lo"], row[f"{ci_prefix}_hi"], spec, **kw)
+    def ci(col: str, prefix: str, spec: str, **kw: Any) -> str:
+        return with_ci(row[col], row[f"{prefix}_lo"], row[f"{prefix}_hi"], spec, **kw)
 
     prov = result.get("provenance") or {}
     is_gguf = result.get("format") == "gguf"
@@ -210,13 +210,13 @@ def model_card(
         "",
         "| Figure | Value |",
         "|---|---|",
-        f"| Decode tok/s (median [95 % CI]) | {ci('decode_tps', 'decode_tps_ci', '.1f')} |",
-        f"| Speedup vs f16 [95 % CI] | {ci('speedup_vs_f16', 'speedup_ci', '.2f', suffix='x')} |",
+        f"| Decode tok/s (median [95 % CI]) | {ci('decode_tps', 'decode_tps', '.1f')} |",
+        f"| Speedup vs f16 [95 % CI] | {ci('speedup_vs_f16', 'speedup_vs_f16', '.2f', suffix='x')} |",
         f"| File size MB | {fmt(row['size_mb'], '.1f')} ({fmt(row['bits_per_weight'], '.2f')} bits per weight) |",
         f"| Peak RSS MB | {fmt(row['peak_rss_mb'], '.0f')} |",
         f"| KL vs f16 (mean ± SE) | {with_se(row['kl_mean'], row['kl_mean_se'], '.3g')} |",
         f"| Top-1 agreement with f16 % | {with_se(row['top1_agreement'], row['top1_se'], '.1f', scale=100)} |",
-        f"| Task accuracy % [95 % CI] | {ci('accuracy', 'accuracy_ci', '.1f', scale=100)} |",
+        f"| Task accuracy % [95 % CI] | {ci('accuracy', 'accuracy', '.1f', scale=100)} |",
         f"| McNemar p vs f16 | {p_value(row['mcnemar_p'])} |",
         "",
         "## Machine",

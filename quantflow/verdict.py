@@ -62,11 +62,11 @@ def _cells(role: str, r: Mapping[str, Any]) -> list[str]:
     return [
         role,
         short_name(r["variant"]),
-        with_ci(r["speedup_vs_f16"], r["speedup_ci_lo"], r["speedup_ci_hi"], ".2f", suffix="x"),
+        with_ci(r["speedup_vs_f16"], r["speedup_vs_f16_lo"], r["speedup_vs_f16_hi"], ".2f", suffix="x"),
         fmt(r["size_mb"], ".1f"),
         fmt(r["peak_rss_mb"], ".0f"),
         with_se(r["kl_mean"], r["kl_mean_se"], ".3g"),
-        with_ci(r["accuracy"], r["accuracy_ci_lo"], r["accuracy_ci_hi"], ".1f", scale=100),
+        with_ci(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"], ".1f", scale=100),
         "(ref)" if r["variant"] == REFERENCE else p_value(r["mcnemar_p"]),
     ]
 
@@ -97,15 +97,15 @@ def _speedup(r: Mapping[str, Any]) -> str | None:
     if is_missing(r["speedup_vs_f16"]):
         return None
     ci = ""
-    if not (is_missing(r["speedup_ci_lo"]) or is_missing(r["speedup_ci_hi"])):
-        ci = f" (95 % CI {r['speedup_ci_lo']:.2f}–{r['speedup_ci_hi']:.2f})"
+    if not (is_missing(r["speedup_vs_f16_lo"]) or is_missing(r["speedup_vs_f16_hi"])):
+        ci = f" (95 % CI {r['speedup_vs_f16_lo']:.2f}–{r['speedup_vs_f16_hi']:.2f})"
     return f"{r['speedup_vs_f16']:.2f}x the f16's decode speed{ci}"
 
 
 def _tasks(r: Mapping[str, Any], ref: Mapping[str, Any] | None) -> str | None:
     if is_missing(r["accuracy"]):
         return None
-    text = f"accuracy {with_ci(r['accuracy'], r['accuracy_ci_lo'], r['accuracy_ci_hi'], '.1f', scale=100, suffix=' %')}"
+    text = f"accuracy {with_ci(r['accuracy'], r['accuracy_lo'], r['accuracy_hi'], '.1f', scale=100, suffix=' %')}"
     if ref is not None and not is_missing(ref["accuracy"]):
         text += f" vs the f16's {ref['accuracy'] * 100:.1f} %"
     p = r["mcnemar_p"]
