@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from .display import fmt, na, p_value, with_ci, with_se
-from .recommend import Constraint
+from .limits import Constraint
 from .table import category_columns, is_missing
 from .templating import MARKS, MISSING
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from .recommend import Constraint
+from .limits import Constraint
 from .table import is_missing
 
 

@@ -25,7 +25,8 @@ import pandas as pd
 from . import charts, columns, exports, templating
 from .answers import answers_side_by_side
 from .display import fmt, human_count
-from .recommend import KIND_LABELS, Constraint, make_constraints, recommend
+from .limits import Constraint, make_constraints
+from .recommend import KIND_LABELS, recommend
 from .table import is_missing, results_table, with_provenance
 from .templating import MARKS, MISSING
 from .variants import short_name

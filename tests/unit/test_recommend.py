@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from factories import VARIANTS, all_results, budget_results, make_result
 
-from quantflow.recommend import BUDGET_SPECS, make_constraints, pareto_front, recommend
+from quantflow.limits import BUDGET_SPECS, make_constraints
+from quantflow.recommend import pareto_front, recommend
 from quantflow.table import results_table
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
