@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .atomic import atomic_path, die_with_parent
-from .inputs import check_hf_dir
+from .inputs import check_hf_dir, hf_dtype
 from .quantize import check_gguf
 
 log = logging.getLogger(__name__)
@@ -22,16 +22,34 @@ def converter_path(llama_cpp_dir: str | Path) -> Path:
     return script
 
 
-def convert(
-    hf_dir: str | Path, out: str | Path, llama_cpp_dir: str | Path, outtype: str = "f16", verify=None
-) -> None:
+# "auto": the converter keeps a 16-bit source's type (bf16 -> BF16, f16 -> F16) and writes F16 for an fp32
+# one (convert_hf_to_gguf.py, ModelBase.__init__: "heuristics ... defaulting to --outtype f16"), so a bf16
+# model is not squeezed into f16's narrower range and an fp32 one (the demo) still gives an F16 GGUF.
+OUTTYPE = "auto"
+
+
+def file_type(gguf_path: str | Path) -> str:
+    """The GGUF's own general.file_type, by llama.cpp's name (MOSTLY_F16 -> F16, MOSTLY_BF16 -> BF16)."""
+    from gguf import GGUFReader, LlamaFileType
+
+    field = GGUFReader(gguf_path).get_field("general.file_type")
+    if field is None:
+        return "unknown"
+    return LlamaFileType(int(field.contents())).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+def convert(hf_dir: str | Path, out: str | Path, llama_cpp_dir: str | Path, outtype: str = OUTTYPE, verify=None) -> str:
     """Convert an HF directory to GGUF; write to a temporary name and move into place when valid.
 
     ``verify(path)``, when given, checks the converted file before it is moved into place (the convert
-    job checks tokenizer parity there), so a file that fails it never appears at ``out``.
+    job checks tokenizer parity there), so a file that fails it never appears at ``out``. Returns the
+    type the GGUF holds (F16, BF16, F32: see OUTTYPE), read back from the file.
     """
+    from .memory import check_convert_memory
+
     hf_dir = Path(hf_dir)
     check_hf_dir(hf_dir)  # config, complete weights, tokenizer: a clear error, not the converter's traceback
+    check_convert_memory(hf_dir)  # refused with the numbers, not killed by the kernel half way
     script = converter_path(llama_cpp_dir)
     with atomic_path(out) as tmp:
         cmd = [sys.executable, str(script), str(hf_dir), "--outtype", outtype, "--outfile", str(tmp)]
@@ -46,3 +64,6 @@ def convert(
         check_gguf(tmp)
         if verify is not None:
             verify(tmp)
+        held = file_type(tmp)
+    log.info("%s holds %s weights (from a %s source, --outtype %s)", out, held, hf_dtype(hf_dir), outtype)
+    return held

@@ -1,4 +1,4 @@
-"""Fine-tuning with trl's SFTTrainer + peft, and merging adapters back into a full-precision base."""
+"""Fine-tuning with trl's SFTTrainer + peft (the merge and its check: quantflow.merge)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-DATASET_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 METHODS = ("lora", "qlora8", "qlora4", "full")
 
 
@@ -34,37 +33,23 @@ def parse_hub_spec(spec: str) -> tuple[str, str]:
 
 def load_sft_dataset(path: str | Path):
     """A local JSONL / CSV / Parquet file, or a hub dataset ('hub:org/name[:split]'), as a
-    `datasets` Dataset in one of trl's two formats.
+    `datasets` Dataset in one of trl's two formats, of string columns only.
 
     prompt/completion rows train on the completion only; chat rows (a "messages" list of
-    {role, content}) go through the tokenizer's chat template.
+    {role, content}) go through the tokenizer's chat template. A local file is read by the reader
+    the config check used (quantflow.sft_data), so the job trains on exactly the rows it validated.
     """
-    from datasets import load_dataset
+    from .sft_data import check_rows, read_sft, to_dataset
 
     if str(path).startswith(HUB_PREFIX):
+        from datasets import load_dataset
+
         ident, split = parse_hub_spec(str(path))
-        return _sft_columns(load_dataset(ident, split=split), str(path))
-    p = Path(path)
-    builder = DATASET_BUILDERS.get(p.suffix.lower())
-    if builder is None:
-        raise ValueError(f"{p}: unsupported data file type {p.suffix!r}; use one of {', '.join(DATASET_BUILDERS)}")
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: data file not found")
-    return _sft_columns(load_dataset(builder, data_files=str(p), split="train"), str(p))
-
-
-def _sft_columns(ds, p: str):
-    if len(ds) == 0:
-        raise ValueError(f"{p}: no rows")
-    if "messages" in ds.column_names:
-        return ds.select_columns(["messages"])
-    missing = {"prompt", "completion"} - set(ds.column_names)
-    if missing:
-        raise ValueError(
-            f"{p}: rows lack field(s) {sorted(missing)}; each row needs 'prompt' and 'completion' "
-            "(or a chat 'messages' list)"
-        )
-    return ds.select_columns(["prompt", "completion"])
+        ds = load_dataset(ident, split=split)
+        fmt, rows = check_rows(((f"row {i}", r) for i, r in enumerate(ds, 1)), str(path))
+    else:
+        fmt, rows = read_sft(path)
+    return to_dataset(fmt, rows)
 
 
 def quantization_config(method: str):
@@ -213,24 +198,3 @@ def train(base_dir: str, train_path: str, eval_path: str, adapter_dir: str, para
     }
     log.info("done: train loss %.4f, eval loss %.4f, %.1f s", metrics["train_loss"], metrics["eval_loss"], wall)
     return metrics
-
-
-def merge(base_dir: str, adapter_dir: str, out_dir: str) -> None:
-    """Merge an adapter into a full-precision (fp32) copy of the base and save it.
-
-    Always fp32 and never a quantized base, QLoRA adapters included: merging into 4-bit weights
-    rounds the update away. A `full` fine-tune has no adapter: its model is saved as is.
-    """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if (Path(adapter_dir) / "adapter_config.json").exists():
-        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    else:
-        merged = AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=torch.float32)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out)
-    save_tokenizer(AutoTokenizer.from_pretrained(base_dir), out, Path(base_dir) / "tokenizer.model")

@@ -11,8 +11,6 @@ import struct
 from pathlib import Path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-# Rows of a fine-tune file checked before any job (the file may be large; the loader checks the rest).
-SFT_ROWS_CHECKED = 1000
 
 
 class InputError(ValueError):
@@ -86,63 +84,49 @@ def hf_dims(path: str | Path) -> dict[str, int] | None:
     return {"hidden": hidden, "ffn": ffn, "q_width": heads * head_dim, "tied": tied}
 
 
-def _rows_jsonl(p: Path, limit: int | None = None):
-    with open(p, encoding="utf-8") as f:
-        n = 0
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{p}: line {i} is not valid JSON ({e.msg}); write one JSON object per line") from e
-            if not isinstance(row, dict):
-                raise InputError(f"{p}: line {i} is not a JSON object; write one object per line")
-            yield i, row
-            n += 1
-            if limit is not None and n >= limit:
-                return
-
-
-def _sft_columns(p: Path) -> list[set[str]]:
-    """Field names of the first rows of a fine-tune file (JSONL: per row; CSV / Parquet: the columns)."""
-    suffix = p.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return [set(r) for _, r in _rows_jsonl(p, SFT_ROWS_CHECKED)]
-    if suffix == ".csv":
-        import csv
-
-        with open(p, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            return [set(header)] if header is not None and next(reader, None) is not None else []
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            meta = pq.read_metadata(p)
-        except Exception as e:  # noqa: BLE001 - pyarrow raises several types on a damaged file
-            raise InputError(f"{p}: not a readable Parquet file ({e}); write it again") from e
-        return [set(meta.schema.names)] if meta.num_rows else []
-    raise InputError(f"{p}: unsupported data file type {p.suffix!r}; use .jsonl, .csv or .parquet")
-
-
 def check_sft_file(path: str | Path) -> None:
-    """Raise unless the fine-tune file has rows with prompt + completion (or a chat messages list)."""
-    p = Path(path)
-    cols = _sft_columns(p)
-    if not cols:
-        raise InputError(f"{p}: no rows; a fine-tune split needs rows with prompt and completion")
-    for n, c in enumerate(cols):
-        if "messages" in c:
-            continue
-        missing = sorted({"prompt", "completion"} - c)
-        if missing:
-            where = f"row {n + 1}" if p.suffix.lower() in (".jsonl", ".json") else "the header"
-            raise InputError(
-                f"{p}: {where} lacks field(s) {', '.join(missing)}; each row needs 'prompt' and 'completion' "
-                "(the loss covers the completion) or a chat 'messages' list"
-            )
+    """Raise unless every row of the fine-tune file is trainable text (see quantflow.sft_data)."""
+    from .sft_data import read_sft
+
+    read_sft(path)
+
+
+# safetensors dtype names -> torch's, for the floating types a model's weights are stored in
+_FLOAT_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+def safetensors_header(path: str | Path) -> dict:
+    """The tensor table of a safetensors file (name -> dtype, shape, offsets), read from its header alone."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header
+
+
+def hf_dtype(path: str | Path) -> str:
+    """The dtype a model's weights are stored in: float32, bfloat16 or float16.
+
+    Read from the weights themselves (the safetensors headers: the floating type holding most of the
+    matrices), as llama.cpp's converter does ("some finetunes lie" in config.json); config.json's
+    ``dtype`` (transformers 5) or ``torch_dtype`` only where the weights do not say (*.bin); float32
+    where neither does.
+    """
+    d = Path(path)
+    count: dict[str, int] = {}
+    for w in sorted(d.glob("*.safetensors")):
+        for v in safetensors_header(w).values():
+            if v.get("dtype") in _FLOAT_DTYPES and len(v.get("shape", ())) >= 2:
+                n = 1
+                for s in v["shape"]:
+                    n *= int(s)
+                count[_FLOAT_DTYPES[v["dtype"]]] = count.get(_FLOAT_DTYPES[v["dtype"]], 0) + n
+    if count:
+        return max(count, key=count.get)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg = {**cfg.get("text_config", {}), **cfg}
+    declared = cfg.get("dtype") or cfg.get("torch_dtype")
+    return declared if declared in _FLOAT_DTYPES.values() else "float32"
 
 
 def check_text_file(path: str | Path) -> None:

@@ -1,4 +1,5 @@
-# Fine-tune variants ({ft} != base): train an adapter, merge it into a full-precision base.
+# Fine-tune variants ({ft} != base): train an adapter, merge it into the base in the base's own dtype
+# (never into a quantized one), and check the merge on held-out text inside the merge job.
 
 
 rule finetune:
@@ -36,10 +37,14 @@ rule merge:
     input:
         base=lambda wc: base_hf(wc.model),
         adapter=rules.finetune.output.adapter,
+        heldout=get_data("heldout"),
     output:
         hf=directory("results/{model}/{ft}/hf"),
+        check="results/{model}/{ft}/merge_check.json",
     log:
         "results/{model}/{ft}/logs/merge.log",
+    benchmark:
+        "results/{model}/{ft}/benchmarks/merge.tsv"
     wildcard_constraints:
         ft=_alt(FINETUNES),
     conda:
@@ -48,6 +53,7 @@ rule merge:
         mem_mb=8000,
         runtime=30,
     params:
+        method=lambda wc: FINETUNES[wc.ft]["method"],
         code=code_hash("merge"),
     script:
         "../scripts/merge.py"

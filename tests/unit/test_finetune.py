@@ -1,4 +1,6 @@
-"""A real trl/peft training run on a tiny model: steps, determinism, merge == base + adapter."""
+"""A real trl/peft training run on a tiny model: steps, determinism, merge == base + adapter.
+
+The fine-tune data's reader: tests/unit/test_sft_data.py; the merge job's check: tests/unit/test_merge.py."""
 
 import json
 
@@ -6,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from quantflow.finetune import load_sft_dataset, merge, train
+from quantflow.finetune import train
+from quantflow.merge import merge_checked
 
 PARAMS = dict(
     method="lora",
@@ -45,7 +48,13 @@ def test_every_method_trains_and_merges_exactly(method, tiny_hf, tiny_data, tmp_
     else:
         assert 0 < m["trainable_pct"] < 50
         assert (out / "adapter_config.json").exists()
-    merge(str(tiny_hf), str(out), str(tmp_path / "merged"))
+    check = merge_checked(tiny_hf, out, tiny_data["heldout"], tmp_path / "merged", method)
+    assert check["dtype"] == "float32" and check["method"] == method
+    if method.startswith("qlora"):  # how far the merged fp32 model is from the quantized one it was trained on
+        d = check["qlora_drift"]
+        assert 0 < d["mean_kl"] <= d["max_kl"] and 0 < d["max_abs_dlogit"] and 0 <= d["top1_agreement"] <= 1
+    else:
+        assert "qlora_drift" not in check
     x = torch.tensor([[1, 20, 30, 40, 50, 60, 70]])
     with torch.no_grad():
         base = AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32)
@@ -91,12 +100,15 @@ def test_same_seed_same_adapter(adapter, tiny_hf, tiny_data, tmp_path):
     assert any(k.endswith("lora_B.weight") and a[k].abs().sum() > 0 for k in a)
 
 
-def test_merged_logits_equal_base_plus_adapter(adapter, tiny_hf, tmp_path):
+def test_merged_logits_equal_base_plus_adapter(adapter, tiny_hf, tiny_data, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     out, _ = adapter
-    merge(str(tiny_hf), str(out), str(tmp_path / "merged"))
+    check = merge_checked(tiny_hf, out, tiny_data["heldout"], tmp_path / "merged")
+    err, tol = check["reloaded_vs_unmerged"], check["tolerance"]
+    assert err["max_abs_dlogit"] <= tol["max_abs_dlogit"] and err["mean_abs_dlogit"] <= tol["mean_abs_dlogit"]
+    assert check["adapter_visible"] and check["adapter_effect"]["max_abs_dlogit"] > 100 * tol["max_abs_dlogit"]
     assert (tmp_path / "merged" / "tokenizer.model").exists()
     x = torch.tensor([[1, 20, 30, 40, 50, 60, 70]])
     with torch.no_grad():
@@ -106,26 +118,3 @@ def test_merged_logits_equal_base_plus_adapter(adapter, tiny_hf, tmp_path):
         plain = AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32).eval()(x).logits
     assert torch.allclose(got, want, atol=1e-4)
     assert not torch.allclose(got, plain, atol=1e-4)  # the adapter changed something
-
-
-def test_dataset_formats(tmp_path):
-    import pandas as pd
-
-    rows = [{"prompt": "Question: a?\nAnswer:", "completion": " b"}] * 3
-    pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
-    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
-    (tmp_path / "chat.jsonl").write_text(
-        json.dumps({"messages": [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "b"}]}) + "\n"
-    )
-    assert load_sft_dataset(tmp_path / "d.csv").column_names == ["prompt", "completion"]
-    assert len(load_sft_dataset(tmp_path / "d.parquet")) == 3
-    assert load_sft_dataset(tmp_path / "chat.jsonl").column_names == ["messages"]
-    with pytest.raises(ValueError, match="unsupported data file type"):
-        load_sft_dataset(tmp_path / "d.txt")
-
-
-def test_dataset_without_fields(tmp_path):
-    p = tmp_path / "bad.jsonl"
-    p.write_text('{"question": "a", "answer": "b"}\n')
-    with pytest.raises(ValueError, match="bad.jsonl: rows lack field"):
-        load_sft_dataset(p)

@@ -15,7 +15,8 @@ from conftest import TINY_BENCH  # noqa: E402
 
 from quantflow import bench, gptq, hf_bench, quality  # noqa: E402
 from quantflow.data import read_jsonl  # noqa: E402
-from quantflow.finetune import merge, train  # noqa: E402
+from quantflow.finetune import train  # noqa: E402
+from quantflow.merge import merge_checked  # noqa: E402
 from quantflow.results import validate  # noqa: E402
 
 pytestmark = [
@@ -112,5 +113,6 @@ def test_qlora_trains_on_the_gpu(tiny_hf, tiny_data, tmp_path, method):
     out = tmp_path / "adapter"
     m = train(str(tiny_hf), str(tiny_data["sft_train"]), str(tiny_data["sft_eval"]), str(out), params, threads=2)
     assert m["device"] == "cuda" and m["steps"] == 4 and m["eval_loss"] > 0
-    merge(str(tiny_hf), str(out), str(tmp_path / "merged"))
+    check = merge_checked(tiny_hf, out, tiny_data["heldout"], tmp_path / "merged", method)
     assert (tmp_path / "merged" / "model.safetensors").is_file()
+    assert check["qlora_drift"]["mean_kl"] > 0  # the merged fp32 model against the CUDA-quantized one
