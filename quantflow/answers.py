@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from .results import REFERENCE_VARIANT, number
+from .results import number
+from .variants import REFERENCE
 
 
 def _answers_by_key(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], list[Mapping[str, Any]]]:
@@ -49,7 +50,7 @@ def answer_flips(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, s
     by_key = _answers_by_key(results)
     out: dict[tuple[str, str, str], dict[str, int]] = {}
     for (model, ft, variant), answers in by_key.items():
-        ref = by_key.get((model, ft, REFERENCE_VARIANT))
+        ref = by_key.get((model, ft, REFERENCE))
         if ref is None:
             continue
         ref_correct = {str(a["id"]): bool(a["correct"]) for a in ref}
@@ -76,8 +77,8 @@ def answers_side_by_side(results: Sequence[Mapping[str, Any]], df: pd.DataFrame)
     by_key = _answers_by_key(results)
     groups = []
     for (model, ft), group in df.groupby(["model", "ft"], sort=False):
-        variants = [v for v in group["variant"] if (model, ft, v) in by_key and v != REFERENCE_VARIANT]
-        ref_answers = by_key.get((model, ft, REFERENCE_VARIANT))
+        variants = [v for v in group["variant"] if (model, ft, v) in by_key and v != REFERENCE]
+        ref_answers = by_key.get((model, ft, REFERENCE))
         if not variants and ref_answers is None:
             continue
         ref = {str(a["id"]): a for a in ref_answers or []}

@@ -69,6 +69,7 @@ class Metric:
     higher_better: bool
     scale: float = 1.0  #: stored unit -> shown unit
     spec: str = ".4g"
+    sub: str | None = None  #: key inside the field's mapping (a task category of accuracy_by_category)
 
 
 METRICS: tuple[Metric, ...] = (
@@ -102,10 +103,21 @@ def _by_key(results: Sequence[Mapping[str, Any]]) -> dict[Key, Mapping[str, Any]
     return out
 
 
+def category_metrics(results: Sequence[Mapping[str, Any]]) -> list[Metric]:
+    """One accuracy metric per task category found in ``quality.accuracy_by_category``, sorted."""
+    cats = sorted({c for r in results for c in ((r.get("quality") or {}).get("accuracy_by_category") or {})})
+    return [
+        Metric(f"accuracy:{c}", f"Accuracy: {c}", "exact", "quality", "accuracy_by_category", True, sub=c)
+        for c in cats
+    ]
+
+
 def _value(res: Mapping[str, Any], metric: Metric) -> tuple[float, Mapping[str, Any] | None]:
     """(shown value, the dist for speed metrics) or (nan, None) when absent."""
     block = res.get(metric.block) or {}
     raw = block.get(metric.field) if isinstance(block, Mapping) else None
+    if metric.sub is not None:
+        raw = raw.get(metric.sub) if isinstance(raw, Mapping) else None
     if metric.kind == "speed":
         if not isinstance(raw, Mapping) or not _is_num(raw.get("median")):
             return math.nan, None
@@ -171,7 +183,8 @@ def compare_metric(metric: Metric, res_a: Mapping[str, Any], res_b: Mapping[str,
     """
     a, dist_a = _value(res_a, metric)
     b, dist_b = _value(res_b, metric)
-    row: dict[str, Any] = {"metric": metric.key, "label": metric.label, "kind": metric.kind, "a": a, "b": b}
+    row: dict[str, Any] = {"metric": metric.key, "label": metric.label, "kind": metric.kind, "spec": metric.spec}
+    row.update(a=a, b=b)
     row["diff"] = b - a
     row["rel"] = relative_difference(a, b)
     if math.isnan(a) or math.isnan(b):
@@ -194,15 +207,20 @@ def compare_metric(metric: Metric, res_a: Mapping[str, Any], res_b: Mapping[str,
 def compare(
     results_a: Sequence[Mapping[str, Any]],
     results_b: Sequence[Mapping[str, Any]],
-    metrics: Sequence[Metric] = METRICS,
+    metrics: Sequence[Metric] | None = None,
 ) -> dict[str, Any]:
     """Compare two runs' results (see the module docstring).
+
+    ``metrics`` defaults to METRICS plus the accuracy of every task category either run has
+    (:func:`category_metrics`), each a deterministic figure.
 
     Returns ``{rows, significant, only_a, only_b, not_ok, n_compared}``: ``rows`` has one entry
     per (model, ft, variant, metric) of the variants measured in both runs, in sorted key order
     and METRICS order; ``significant`` is the subset flagged; ``only_a`` / ``only_b`` are keys
     found in one run only; ``not_ok`` lists keys present in both where either is not "ok".
     """
+    if metrics is None:
+        metrics = [*METRICS, *category_metrics([*results_a, *results_b])]
     a, b = _by_key(results_a), _by_key(results_b)
     rows, not_ok = [], []
     both = sorted(set(a) & set(b))
@@ -256,7 +274,7 @@ def _fmt_rel(rel: float) -> str:
 
 
 def _view_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    spec = next(m.spec for m in METRICS if m.key == row["metric"])
+    spec = row["spec"]
     diff_spec = "+" + spec.lstrip("+")
     if row["significant"] is None:
         verdict = "n/a"

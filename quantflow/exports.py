@@ -10,12 +10,22 @@ from typing import Any
 
 import pandas as pd
 
-from .recommend import Constraint
+from .limits import Constraint
 from .table import is_missing
 
 
 def results_csv(flat: pd.DataFrame) -> str:
     return flat.to_csv(index=False, lineterminator="\n")
+
+
+def loss_curves_csv(training: Sequence[Mapping[str, Any]]) -> str:
+    """Each fine-tune's training loss by logged step: ``model,ft,step,loss``."""
+    rows = [
+        {"model": t.get("model"), "ft": t.get("ft"), "step": int(step), "loss": float(loss)}
+        for t in training
+        for step, loss in (t.get("loss_curve") or [])
+    ]
+    return pd.DataFrame(rows, columns=["model", "ft", "step", "loss"]).to_csv(index=False, lineterminator="\n")
 
 
 def json_rows(df: pd.DataFrame) -> list[dict[str, Any]]:

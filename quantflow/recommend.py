@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from .results import REFERENCE_VARIANT, number
+from .limits import Constraint, make_constraints
+from .results import number
 from .table import is_missing
+from .variants import REFERENCE
 
 
 def pareto_front(points: Sequence[Sequence[float]], minimize: Sequence[bool] = (True, False)) -> list[int]:
@@ -42,82 +43,6 @@ def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
-@dataclass(frozen=True)
-class Constraint:
-    """One deployment limit on a results-table column (the KL floor is one too)."""
-
-    key: str  #: config key under ``report:``
-    label: str  #: what is limited, e.g. "peak RSS"
-    name: str  #: the limit's name in sentences, e.g. "RAM budget"
-    column: str  #: results-table column the limit applies to
-    limit: float
-    upper: bool  #: True: value <= limit passes; False: value >= limit passes
-    spec: str  #: format spec of the shown value
-    unit: str = ""
-    scale: float = 1.0  #: display multiplier (accuracy is stored as a fraction, shown in %)
-
-    def show(self, value: float) -> str:
-        text = format(value * self.scale, self.spec)
-        # "64 MB" rather than "64.0 MB"; a KL limit ("g") never carries a trailing ".0".
-        return text.removesuffix(".0") + self.unit
-
-    def describe(self) -> str:
-        """The limit as a phrase, e.g. "the RAM budget 64 MB"."""
-        return f"the {self.name} {self.show(self.limit)}"
-
-    def condition(self) -> str:
-        """The limit as a condition, e.g. "peak RSS <= 64 MB"."""
-        return f"{self.label} {'<=' if self.upper else '>='} {self.show(self.limit)}"
-
-    def meets(self, values: pd.Series) -> pd.Series:
-        """Row-wise pass/fail; an unmeasured value (NaN) never passes."""
-        values = pd.to_numeric(values, errors="coerce")
-        return (values <= self.limit) if self.upper else (values >= self.limit)
-
-    def shortfall(self, value: Any) -> float:
-        """By how much ``value`` misses the limit, in the column's unit (0 if met, inf if unmeasured)."""
-        if is_missing(value):
-            return math.inf
-        miss = (value - self.limit) if self.upper else (self.limit - value)
-        return max(float(miss), 0.0)
-
-    def relative_shortfall(self, value: Any) -> float:
-        miss = self.shortfall(value)
-        if miss == 0 or math.isinf(miss):
-            return miss
-        # A zero limit (KL floor 0) has no scale of its own: any excess is a whole miss.
-        return miss / abs(self.limit) if self.limit else math.inf
-
-
-#: config key -> (label, name, column, upper, format spec, unit, display scale).
-BUDGET_SPECS: dict[str, tuple[str, str, str, bool, str, str, float]] = {
-    "ram_budget_mb": ("peak RSS", "RAM budget", "peak_rss_mb", True, ".1f", " MB", 1.0),
-    "vram_budget_mb": ("GPU memory", "VRAM budget", "peak_vram_mb", True, ".1f", " MB", 1.0),
-    "latency_target_ms": ("latency", "latency target", "latency_ms", True, ".1f", " ms", 1.0),
-    "min_accuracy": ("accuracy", "minimum accuracy", "accuracy", False, ".1f", " %", 100.0),
-}
-
-
-def make_constraints(quality_floor_kl: float, budgets: Mapping[str, Any] | None = None) -> list[Constraint]:
-    """The KL floor plus every budget that is set (None means no limit), in BUDGET_SPECS order."""
-    floor = float(quality_floor_kl)
-    if math.isnan(floor):
-        raise ValueError("quality_floor_kl must be a number, got NaN")
-    budgets = dict(budgets or {})
-    unknown = sorted(set(budgets) - set(BUDGET_SPECS))
-    if unknown:
-        raise ValueError(f"unknown report constraint(s) {', '.join(unknown)}; known: {', '.join(BUDGET_SPECS)}")
-    out = [Constraint("quality_floor_kl", "KL", "KL floor", "kl_mean", floor, True, "g")]
-    for key, (label, name, column, upper, spec, unit, scale) in BUDGET_SPECS.items():
-        value = budgets.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ValueError(f"report.{key} must be a number or null, got {value!r}")
-        out.append(Constraint(key, label, name, column, float(value), upper, spec, unit, scale))
-    return out
-
-
 def recommend(
     df: pd.DataFrame,
     quality_floor_kl: float,
@@ -136,9 +61,13 @@ def recommend(
 
     A budget whose column no variant of the group measured (VRAM on a CPU-only run) is "n/a":
     stated, and not applied. Each entry is ``{model, ft, kind, label, variant, why, constraint,
-    bound_by, closest, misses}``: ``bound_by`` lists the constraint keys that excluded a faster
-    variant; when nothing qualifies, ``variant`` is None and ``closest`` / ``misses`` name the
+    bound_by, closest, misses, runner_up}``: ``bound_by`` lists the constraint keys that excluded a
+    faster variant; ``runner_up`` (constrained kinds) is the variant that would be chosen without the
+    chosen one; when nothing qualifies, ``variant`` is None and ``closest`` / ``misses`` name the
     nearest candidate (smallest summed relative shortfall) and by how much it misses each limit.
+
+    This is the whole interface the report relies on: the table in, these entries out. How the
+    candidates are ranked (ties, uncertainty) may change here without the pages changing.
     """
     constraints = make_constraints(quality_floor_kl, budgets)
     ok = df.loc[df["status"] == "ok"]
@@ -179,6 +108,7 @@ def _entry(kind: str, label: str, row: pd.Series | None, why: str, **extra: Any)
         "bound_by": list(extra.get("bound_by", [])),
         "closest": extra.get("closest"),
         "misses": list(extra.get("misses", [])),
+        "runner_up": extra.get("runner_up"),
     }
 
 
@@ -266,8 +196,9 @@ def _constrained_entry(
         else:
             notes = ", ".join(_value_note(budget, r) for _, r in blocked.iterrows())
             bound_part = f"bound by the {budget.name}: excludes faster {notes}"
+    runner_up = str(chosen.iloc[1]["variant"]) if len(chosen) > 1 else None
     return _entry(kind, label, row, _join_clauses(why, bound_part, na_part), constraint=constraint,
-                  bound_by=list(bound))  # fmt: skip
+                  bound_by=list(bound), runner_up=runner_up)  # fmt: skip
 
 
 def _ranked(group: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.DataFrame:
@@ -336,14 +267,14 @@ def _best(group: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.Serie
 
 
 def _best_quality(group: pd.DataFrame) -> pd.Series | None:
-    is_ref = (group["kl_mean"] == 0) | (group["variant"] == REFERENCE_VARIANT)
+    is_ref = (group["kl_mean"] == 0) | (group["variant"] == REFERENCE)
     # The f16 reference has KL 0 by construction, so "best quantized" is the useful answer;
     # the reference itself is only the answer when nothing else was measured.
     for candidates in (group.loc[~is_ref], group.loc[is_ref]):
         row = _best(candidates, ["kl_mean", "size_mb"], [True, True])
         if row is not None:
             return row
-    ref = group.loc[group["variant"] == REFERENCE_VARIANT]
+    ref = group.loc[group["variant"] == REFERENCE]
     return None if ref.empty else ref.iloc[0]
 
 
@@ -356,7 +287,7 @@ def _why_recommended(row: pd.Series, applied: Sequence[Constraint]) -> str:
 
 
 def _why_quality(row: pd.Series) -> str:
-    is_ref = row["variant"] == REFERENCE_VARIANT or row["kl_mean"] == 0
+    is_ref = row["variant"] == REFERENCE or row["kl_mean"] == 0
     return _join(
         "reference (KL 0 by definition)" if is_ref else _part("KL {:.3g}", row["kl_mean"]),
         None if is_ref else _part("p99 {:.3g}", row["kl_p99"]),

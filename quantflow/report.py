@@ -15,18 +15,22 @@ and :func:`render`, which writes the files.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from . import charts, exports, templating
+from . import charts, columns, exports, templating
 from .answers import answers_side_by_side
-from .recommend import KIND_LABELS, Constraint, make_constraints, recommend
-from .results import short_variant
+from .display import fmt, human_count
+from .limits import Constraint, make_constraints
+from .recommend import KIND_LABELS, recommend
 from .table import is_missing, results_table, with_provenance
 from .templating import MARKS, MISSING
+from .variants import short_name
+from .verdict import verdicts
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,10 @@ GLOSSARY: tuple[dict[str, str], ...] = (
     {"metric": "Decode tok/s", "better": "higher",
      "how": "Generation throughput, median over the measured repetitions (warm-up excluded); "
             "the 10th-90th percentile spread is in brackets."},
-    {"metric": "vs f16", "better": "higher",
-     "how": "Decode tok/s divided by that of the f16 variant of the same model / fine-tune."},
+    {"metric": "vs f16 [95 % CI]", "better": "higher",
+     "how": "Decode speed relative to the f16 variant of the same model / fine-tune: where the bench "
+            "measured the two in the same rounds, the median of the per-round ratios with its 95 % "
+            "confidence interval (machine drift cancels); else the ratio of the two medians, CI n/a."},
     {"metric": "CV %", "better": "lower",
      "how": "Coefficient of variation (stdev / mean) of decode tok/s across repetitions; "
             "a noise gauge: above ~5 % treat small speed differences with suspicion."},
@@ -65,16 +71,27 @@ GLOSSARY: tuple[dict[str, str], ...] = (
             "level); n/a where no GPU or driver is visible. What vram_budget_mb limits."},
     {"metric": "GPU util %", "better": "higher",
      "how": "Mean GPU utilisation (NVML) over the same samples; n/a without a GPU."},
-    {"metric": "PPL", "better": "lower",
-     "how": "Perplexity on the held-out evaluation text."},
-    {"metric": "KL mean / p99", "better": "lower",
+    {"metric": "PPL ± SE", "better": "lower",
+     "how": "Perplexity on the held-out evaluation text, ± its standard error as llama-perplexity "
+            "computes it."},
+    {"metric": "KL mean ± SE / p99", "better": "lower",
      "how": "KL divergence of the variant's next-token distribution from the f16 reference "
-            "over the same scored tokens: mean and 99th percentile (0 for the reference)."},
-    {"metric": "Top-1 %", "better": "higher",
+            "over the same scored tokens: mean ± standard error over tokens, and 99th percentile "
+            "(0 for the reference). On the chart the reference's own KL is the noise floor band."},
+    {"metric": "Top-1 % ± SE", "better": "higher",
      "how": "Share of scored positions where the variant's most likely token equals the "
-            "f16 reference's."},
-    {"metric": "Accuracy %", "better": "higher",
-     "how": "Share of task test questions answered correctly."},
+            "f16 reference's, ± its binomial standard error."},
+    {"metric": "Accuracy % [95 % CI]", "better": "higher",
+     "how": "Share of task test questions answered correctly, with its Wilson score interval; "
+            "the columns after it give the accuracy per task category (math, code, ...)."},
+    {"metric": "McNemar p vs f16", "better": "higher (for a quantized variant)",
+     "how": "Exact McNemar test on the flips against the f16 reference: the chance of flips at "
+            "least this lopsided if the variant answered like f16. At 0.05 or above the variant "
+            "is indistinguishable from f16 on the tasks."},
+    {"metric": "Bandwidth %", "better": "higher",
+     "how": "Bytes read per decoded token (weights + KV cache) times decode tok/s, as a share of "
+            "the memory bandwidth the run measured on its machine: how close decode is to the "
+            "machine's limit."},
     {"metric": "Δ acc vs base", "better": "higher",
      "how": "Accuracy minus the base model's accuracy for the same variant, in "
             "percentage points: what the fine-tune bought."},
@@ -111,22 +128,26 @@ def render(
     """Write the report into ``out_dir``; return the paths by file name.
 
     Files: summary.md, index.html, results.csv, results.json (flat rows + run provenance +
-    recommendations) and results.parquet (the same rows; run provenance in the schema metadata
-    under ``quantflow.run``). ``budgets``: see :func:`quantflow.recommend.recommend`.
+    recommendations), results.parquet (the same rows; run provenance in the schema metadata under
+    ``quantflow.run``) and loss_curves.csv (each fine-tune's training loss by step). ``budgets``: see
+    :func:`quantflow.recommend.recommend`.
     """
     constraints = make_constraints(quality_floor_kl, budgets)
     df = results_table(results)
     recs = recommend(df, quality_floor_kl, budgets)
     answers = answers_side_by_side(results, df)
     context = _context(df, recs, training, run, constraints, answers)
+    chosen = {(r["model"], r["ft"]): r["variant"] for r in recs if r["kind"] == "recommended"}
+    figures = charts.charts(df, constraints[0].limit, chosen, training, results)
     flat = with_provenance(df, results)
     # Render everything before writing anything, so an error leaves the old report intact.
     blobs = {
         "summary.md": templating.render("summary.md.j2", context),
-        "index.html": templating.render("index.html.j2", context, charts=charts.charts(df, constraints[0].limit)),
+        "index.html": templating.render("index.html.j2", context, charts=figures),
         "results.csv": exports.results_csv(flat),
         "results.json": exports.results_json(flat, run, constraints, recs),
         "results.parquet": exports.results_parquet(flat, run),
+        "loss_curves.csv": exports.loss_curves_csv(training),
     }
     paths = templating.write_files(out_dir, blobs)
     log.info("report written to %s (%d variants)", out_dir, len(df))
@@ -142,15 +163,22 @@ def _context(
     answers: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
     chosen = {(r["model"], r["ft"]): r["variant"] for r in recs if r["kind"] == "recommended"}
+    table = columns.results_groups(df, chosen, constraints)
+    views = [_answers_view(g) for g in answers]
+    categories = sorted({row["category"] for g in views for row in g["rows"] if row["category"]})
     return {
         "title": "quantflow benchmark report",
         "floor": f"{constraints[0].limit:g}",
+        "verdicts": verdicts(df, recs, constraints[0].limit),
         "constraints": _constraint_rows(df, constraints),
         "run_rows": _flatten(run),
         "recommendations": _recommendation_groups(recs),
-        "main_headers": MAIN_HEADERS,
-        "variant_groups": _variant_groups(df, chosen, constraints),
-        "answers": [_answers_view(g) for g in answers],
+        "column_groups": columns.GROUPS,
+        "results": table,
+        "md_results": columns.markdown_tables(table),
+        "answers": views,
+        "answer_categories": [(c, _slug(c)) for c in categories],
+        "loss_tables": _loss_tables(training),
         "training": _training_table(training),
         "problems": _problem_rows(df),
         "glossary": GLOSSARY,
@@ -183,16 +211,41 @@ def _answers_view(group: Mapping[str, Any]) -> dict[str, Any]:
             text += f" (sim {cell['similarity']:.2f})"
         return f"{text} {FLIP_MARK}" if cell["flip"] else text
 
-    headers = ["#", "Prompt", "Expected", "f16 (reference)", *(short_variant(v) for v in group["variants"])]
+    headers = ["#", "Category", "Prompt", "Expected", "f16 (reference)", *(short_name(v) for v in group["variants"])]
     md_rows = [
-        [row["id"], row["prompt"], row["expected"], md(row["reference"]), *(md(c) for c in row["cells"])]
+        [row["id"], row["category"] or MISSING, row["prompt"], row["expected"], md(row["reference"]),
+         *(md(c) for c in row["cells"])]
         for row in group["rows"]
-    ]
+    ]  # fmt: skip
+    rows = [{**row, "slug": _slug(row["category"] or "none")} for row in group["rows"]]
     summary_rows = [
         (s["variant"], MISSING if s["lost"] is None else s["lost"], MISSING if s["gained"] is None else s["gained"])
         for s in group["summary"]
     ]
-    return {**group, "headers": headers, "md_rows": md_rows, "summary_rows": summary_rows}
+    return {**group, "rows": rows, "headers": headers, "md_rows": md_rows, "summary_rows": summary_rows}
+
+
+def _slug(text: str) -> str:
+    """A CSS-safe name for a category (the answers table's filter switches select on it)."""
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "none"
+
+
+#: Rows of a loss curve shown in the Markdown summary (evenly spaced, first and last always kept).
+LOSS_ROWS = 12
+
+
+def _loss_tables(training: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per fine-tune with a loss curve: ``{model, ft, rows: [(step, loss)]}``, thinned to LOSS_ROWS."""
+    out = []
+    for t in training:
+        curve = [p for p in t.get("loss_curve") or [] if len(p) == 2]
+        if not curve:
+            continue
+        keep = sorted({round(i * (len(curve) - 1) / max(LOSS_ROWS - 1, 1)) for i in range(min(LOSS_ROWS, len(curve)))})
+        rows = [(str(int(curve[i][0])), fmt(curve[i][1], ".4f")) for i in keep]
+        eval_loss = fmt(t.get("eval_loss"), ".4f")
+        out.append({"model": t.get("model"), "ft": t.get("ft"), "rows": rows, "eval_loss": eval_loss})
+    return out
 
 
 def _answer_text(answer: str) -> str:
@@ -232,121 +285,25 @@ def _recommendation_groups(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
-MAIN_HEADERS: tuple[str, ...] = (
-    "Variant", "Size MB", "BPW", "Decode tok/s median [p10–p90]", "vs f16", "CV %",
-    "llama-bench tg", "ours / engine",
-    "Prompt tok/s", "TTFT ms", "Latency ms", "Peak RSS MB", "Peak VRAM MB", "GPU util %",
-    "PPL", "KL mean", "KL p99", "Top-1 %",
-    "Accuracy %", "Δ acc vs base (pp)", "Retention %", "Similarity mean / min", "Flips lost / gained",
-)  # fmt: skip
-
-#: Main-table header -> the constraint key its value is checked against.
-_HEADER_CONSTRAINT = {
-    "Latency ms": "latency_target_ms",
-    "Peak RSS MB": "ram_budget_mb",
-    "Peak VRAM MB": "vram_budget_mb",
-    "KL mean": "quality_floor_kl",
-    "Accuracy %": "min_accuracy",
-}
-MISS_MARK = MARKS["miss"]
-
-
-def _variant_groups(
-    df: pd.DataFrame,
-    chosen: Mapping[tuple[str, str], str | None],
-    constraints: Sequence[Constraint] = (),
-) -> list[dict[str, Any]]:
-    ok = df.loc[df["status"] == "ok"].assign(latency_ms=df["latency_s"] * 1000.0)
-    by_key = {c.key: c for c in constraints}
-    groups = []
-    for (model, ft), group in ok.groupby(["model", "ft"], sort=False):
-        rows = []
-        for r in group.to_dict("records"):
-            is_chosen = r["variant"] == chosen.get((model, ft))
-            cells = _main_row(r, is_chosen)
-            # A measured value outside a limit in force is marked; an unmeasured one is just "–".
-            miss = []
-            for header in MAIN_HEADERS:
-                c = by_key.get(_HEADER_CONSTRAINT.get(header, ""))
-                value = r.get(c.column) if c else None
-                miss.append(c is not None and not is_missing(value) and c.shortfall(value) > 0)
-            md_cells = [f"{cell} {MISS_MARK}" if m else cell for cell, m in zip(cells, miss, strict=True)]
-            rows.append({"cells": cells, "md_cells": md_cells, "miss": miss, "recommended": is_chosen})
-        groups.append({"model": model, "ft": ft, "rows": rows})
-    return groups
-
-
-def _bpw(r: Mapping[str, Any]) -> str:
-    """Effective bits per weight; with the fallback mark and count where llama.cpp had to give tensors
-    other types than the requested one (quantize.quant_plan)."""
-    bpw = _fmt(r["bits_per_weight"], ".2f")
-    if is_missing(r["n_fallback"]) or not r["n_fallback"]:
-        return bpw
-    return f"{bpw} {MARKS['fallback']} {int(r['n_fallback'])} fallback"
-
-
-def _main_row(r: Mapping[str, Any], recommended: bool) -> list[str]:
-    decode = _fmt(r["decode_tps"], ".1f")
-    if not (is_missing(r["decode_tps_p10"]) or is_missing(r["decode_tps_p90"])):
-        decode += f" [{r['decode_tps_p10']:.1f}–{r['decode_tps_p90']:.1f}]"
-    flips = MISSING
-    if not (is_missing(r["flips_lost"]) or is_missing(r["flips_gained"])):
-        flips = f"{int(r['flips_lost'])} / {int(r['flips_gained'])}"
-    similarity = MISSING
-    if not is_missing(r["similarity_mean"]):
-        similarity = f"{r['similarity_mean']:.3f} / {_fmt(r['similarity_min'], '.3f')}"
-    return [
-        r["variant"] + (f" {MARKS['recommended']}" if recommended else ""),
-        _fmt(r["size_mb"], ".1f"),
-        _bpw(r),
-        decode,
-        _fmt(r["speedup_vs_f16"], ".2f", suffix="x"),
-        _fmt(r["decode_cv"], ".1f", scale=100),
-        _fmt(r["engine_tg_tps"], ".1f")
-        + ("" if is_missing(r["engine_tg_cv"]) else f" ±{100 * r['engine_tg_cv']:.0f} %"),
-        _fmt(r["python_vs_engine_tg"], ".2f", suffix="x"),
-        _fmt(r["prompt_tps"], ".1f"),
-        _fmt(r["ttft_ms"], ".0f"),
-        _fmt(r["latency_s"], ".1f", scale=1000),
-        _fmt(r["peak_rss_mb"], ".0f"),
-        _na(r["peak_vram_mb"], ".0f"),
-        _na(r["gpu_util_mean_pct"], ".0f"),
-        _fmt(r["ppl"], ".3f"),
-        _fmt(r["kl_mean"], ".3g"),
-        _fmt(r["kl_p99"], ".3g"),
-        _fmt(r["top1_agreement"], ".1f", scale=100),
-        _fmt(r["accuracy"], ".1f", scale=100),
-        _fmt(r["accuracy_gain_vs_base"], "+.1f", scale=100),
-        _na(r["retention"], ".0f", scale=100),
-        similarity,
-        flips,
-    ]
-
-
-def _na(value: Any, spec: str, *, scale: float = 1.0) -> str:
-    """Like _fmt, but a missing value reads "n/a": not measurable here (no GPU, no fine-tune gain)."""
-    return "n/a" if is_missing(value) else _fmt(value, spec, scale=scale)
-
-
 # key, header, formatter; a column appears only if at least one fine-tune reported it.
 _TRAINING_COLUMNS: tuple[tuple[str, str, Any], ...] = (
     ("model", "Model", str),
     ("ft", "Fine-tune", str),
     ("method", "Method", str),
-    ("trainable_params", "Trainable params", lambda v: _human_count(v)),
-    ("total_params", "Total params", lambda v: _human_count(v)),
-    ("trainable_pct", "Trainable %", lambda v: _fmt(v, ".2f")),
-    ("model_size_mb", "Model in memory MB", lambda v: _fmt(v, ".1f")),
+    ("trainable_params", "Trainable params", lambda v: human_count(v)),
+    ("total_params", "Total params", lambda v: human_count(v)),
+    ("trainable_pct", "Trainable %", lambda v: fmt(v, ".2f")),
+    ("model_size_mb", "Model in memory MB", lambda v: fmt(v, ".1f")),
     ("device", "Device", str),
-    ("train_loss", "Train loss", lambda v: _fmt(v, ".4f")),
-    ("eval_loss", "Eval loss", lambda v: _fmt(v, ".4f")),
-    ("eval_ppl", "Eval PPL", lambda v: _fmt(v, ".3f")),
-    ("mean_token_accuracy", "Token acc %", lambda v: _fmt(v, ".1f", scale=100)),
-    ("train_samples_per_s", "Train samples/s", lambda v: _fmt(v, ".2f")),
-    ("eval_samples_per_s", "Eval samples/s", lambda v: _fmt(v, ".2f")),
-    ("wall_s", "Wall s", lambda v: _fmt(v, ".0f")),
-    ("peak_rss_mb", "Peak RSS MB", lambda v: _fmt(v, ".0f")),
-    ("steps", "Steps", lambda v: _fmt(v, ".0f")),
+    ("train_loss", "Train loss", lambda v: fmt(v, ".4f")),
+    ("eval_loss", "Eval loss", lambda v: fmt(v, ".4f")),
+    ("eval_ppl", "Eval PPL", lambda v: fmt(v, ".3f")),
+    ("mean_token_accuracy", "Token acc %", lambda v: fmt(v, ".1f", scale=100)),
+    ("train_samples_per_s", "Train samples/s", lambda v: fmt(v, ".2f")),
+    ("eval_samples_per_s", "Eval samples/s", lambda v: fmt(v, ".2f")),
+    ("wall_s", "Wall s", lambda v: fmt(v, ".0f")),
+    ("peak_rss_mb", "Peak RSS MB", lambda v: fmt(v, ".0f")),
+    ("steps", "Steps", lambda v: fmt(v, ".0f")),
 )
 
 
@@ -367,29 +324,3 @@ def _problem_rows(df: pd.DataFrame) -> list[tuple[str, str, str, str, str]]:
          "(no reason given)" if is_missing(r["reason"]) else str(r["reason"]))
         for r in bad.to_dict("records")
     ]  # fmt: skip
-
-
-
-def _fmt(value: Any, spec: str, *, scale: float = 1.0, suffix: str = "") -> str:
-    if is_missing(value):
-        return MISSING
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        # Training metrics are not schema-checked; show an odd value rather than crash the report.
-        return str(value)
-    return format(number * scale, spec) + suffix
-
-
-def _human_count(value: Any) -> str:
-    if is_missing(value):
-        return MISSING
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:.0f}"
-

@@ -20,15 +20,8 @@ from . import atomic, schema, similarity
 log = logging.getLogger(__name__)
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "result.schema.yaml"
-#: Every variant of a model / fine-tune is judged against this one (KL, flips, speedup).
-REFERENCE_VARIANT = "gguf-f16"
 #: The ``ft`` of the model without a fine-tune.
 BASE_FT = "base"
-
-
-def short_variant(variant: str) -> str:
-    """The variant name without its ``gguf-`` prefix, for tables and chart labels."""
-    return variant.removeprefix("gguf-")
 
 
 def number(value: Any) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,7 +18,8 @@ import pandas as pd
 
 from . import stats
 from .answers import answer_flips
-from .results import BASE_FT, REFERENCE_VARIANT, number
+from .results import BASE_FT, number
+from .variants import REFERENCE
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +40,28 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "dp_mean", "dp_rms",
     "accuracy", "n_test", "similarity_mean", "similarity_min", "threads",
     "speedup_vs_f16", "accuracy_gain_vs_base", "retention", "flips_lost", "flips_gained",
+    # Uncertainty (95 % intervals, standard errors, McNemar's p vs f16): NaN where a result has none.
+    "decode_tps_lo", "decode_tps_hi", "speedup_vs_f16_lo", "speedup_vs_f16_hi",
+    "python_vs_engine_tg_lo", "python_vs_engine_tg_hi", "bandwidth_fraction",
+    "ppl_se", "kl_mean_se", "kl_p99_lo", "kl_p99_hi", "top1_se",
+    "accuracy_lo", "accuracy_hi", "mcnemar_p",
 )  # fmt: skip
+#: Prefix of the per-category accuracy columns that follow RESULT_COLUMNS (``acc_math``, ...).
+CATEGORY_PREFIX = "acc_"
 
 #: Columns :func:`results_table` derives across results rather than reading from one.
 _DERIVED_COLUMNS = ("speedup_vs_f16", "accuracy_gain_vs_base", "retention", "flips_lost", "flips_gained")
 
 
 def results_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One flat row per (model, ft, variant); absent measurements are NaN. See RESULT_COLUMNS."""
-    base_cols = [c for c in RESULT_COLUMNS if c not in _DERIVED_COLUMNS]
+    """One flat row per (model, ft, variant); absent measurements are NaN.
+
+    Columns: RESULT_COLUMNS, then one ``acc_<category>`` per task category any result has (sorted;
+    :func:`category_columns` maps them back to the category names).
+    """
+    cats = sorted({c for r in results for c in ((r.get("quality") or {}).get("accuracy_by_category") or {})})
+    cat_cols = [category_column(c) for c in cats]
+    base_cols = [c for c in RESULT_COLUMNS if c not in _DERIVED_COLUMNS] + ["_speedup_paired", *cat_cols]
     df = pd.DataFrame([_result_row(r) for r in results], columns=base_cols)
     df = _drop_duplicate_keys(df)
     df = _add_speedup(df)
@@ -56,7 +71,19 @@ def results_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     for col in ("n_test", "threads", "flips_lost", "flips_gained", "n_fallback"):
         # Nullable ints keep "8" rather than "8.0" in the CSV while still allowing missing values.
         df[col] = pd.to_numeric(df[col]).astype("Int64")
-    return _sort_rows(df)[list(RESULT_COLUMNS)]
+    df = _sort_rows(df)[[*RESULT_COLUMNS, *cat_cols]]
+    df.attrs["categories"] = dict(zip(cat_cols, cats, strict=True))
+    return df
+
+
+def category_column(category: str) -> str:
+    """``acc_<category>``, the category lower-cased with every run of non-word characters as one ``_``."""
+    return CATEGORY_PREFIX + (re.sub(r"\W+", "_", str(category)).strip("_").lower() or "other")
+
+
+def category_columns(df: pd.DataFrame) -> dict[str, str]:
+    """The per-category accuracy columns of a results table -> their category names, in column order."""
+    return dict(df.attrs.get("categories") or {})
 
 
 def _result_row(res: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,7 +138,30 @@ def _result_row(res: Mapping[str, Any]) -> dict[str, Any]:
         "similarity_mean": number(qual.get("similarity_mean")),
         "similarity_min": number(qual.get("similarity_min")),
         "threads": number(speed.get("threads")),
+        "decode_tps_lo": _bound(speed.get("decode_tps"), 0),
+        "decode_tps_hi": _bound(speed.get("decode_tps"), 1),
+        "_speedup_paired": _stat(speed, "speedup_vs_f16"),
+        "speedup_vs_f16_lo": _bound(speed.get("speedup_vs_f16"), 0),
+        "speedup_vs_f16_hi": _bound(speed.get("speedup_vs_f16"), 1),
+        "python_vs_engine_tg_lo": _bound(engine, 0, "python_vs_engine_tg_ci95"),
+        "python_vs_engine_tg_hi": _bound(engine, 1, "python_vs_engine_tg_ci95"),
+        "bandwidth_fraction": number((speed.get("bandwidth") or {}).get("bandwidth_fraction")),
+        "ppl_se": number(qual.get("ppl_se")),
+        "kl_mean_se": number(qual.get("kl_mean_se")),
+        "kl_p99_lo": _bound(qual, 0, "kl_p99_ci95"),
+        "kl_p99_hi": _bound(qual, 1, "kl_p99_ci95"),
+        "top1_se": number(qual.get("top1_se")),
+        "accuracy_lo": _bound(qual, 0, "accuracy_ci95"),
+        "accuracy_hi": _bound(qual, 1, "accuracy_ci95"),
+        "mcnemar_p": number(qual.get("mcnemar_p")),
+        **{category_column(c): number(a) for c, a in (qual.get("accuracy_by_category") or {}).items()},
     }
+
+
+def _bound(block: Any, i: int, key: str = "ci95") -> float:
+    """Bound ``i`` (0 low, 1 high) of the 95 % interval ``block[key]``; NaN when there is none."""
+    ci = block.get(key) if isinstance(block, Mapping) else None
+    return number(ci[i]) if isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2 else math.nan
 
 
 def _stat(block: Mapping[str, Any], key: str, stat: str = "median") -> float:
@@ -139,13 +189,15 @@ def _drop_duplicate_keys(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _add_speedup(df: pd.DataFrame) -> pd.DataFrame:
-    ref = df.loc[(df["variant"] == REFERENCE_VARIANT) & (df["status"] == "ok"), ["model", "ft", "decode_tps"]]
+    ref = df.loc[(df["variant"] == REFERENCE) & (df["status"] == "ok"), ["model", "ft", "decode_tps"]]
     ref = ref.rename(columns={"decode_tps": "_ref_tps"})
     out = df.merge(ref, on=["model", "ft"], how="left", validate="many_to_one")
     # A zero reference speed would give inf, which reads as a real measurement; NaN does not.
     ref_tps = out["_ref_tps"].where(out["_ref_tps"] > 0)
-    out["speedup_vs_f16"] = out["decode_tps"] / ref_tps
-    return out.drop(columns="_ref_tps")
+    # The paired figure (per-round ratios against the f16 measured in the same job) where the bench
+    # recorded one; else the ratio of two medians measured at different times.
+    out["speedup_vs_f16"] = out["_speedup_paired"].fillna(out["decode_tps"] / ref_tps)
+    return out.drop(columns=["_ref_tps", "_speedup_paired"])
 
 
 def _add_accuracy_gain(df: pd.DataFrame) -> pd.DataFrame:
@@ -158,7 +210,7 @@ def _add_accuracy_gain(df: pd.DataFrame) -> pd.DataFrame:
 
 def _add_retention(df: pd.DataFrame) -> pd.DataFrame:
     """stats.retention per row against the f16 accuracies of the base and of the row's fine-tune."""
-    f16 = df.loc[(df["variant"] == REFERENCE_VARIANT) & (df["status"] == "ok")]
+    f16 = df.loc[(df["variant"] == REFERENCE) & (df["status"] == "ok")]
     acc = {(m, ft): a for m, ft, a in zip(f16["model"], f16["ft"], f16["accuracy"], strict=True)}
     out = df.copy()
     out["retention"] = [

@@ -38,6 +38,10 @@ rule report:
             category="Data",
             labels={"file": "results.parquet"},
         ),
+        loss_curves="reports/loss_curves.csv",
+        # One folder per recommended variant (GGUF, Modelfile, llama-server line, model card); a new
+        # recommendation replaces it.
+        deploy=directory("reports/deploy"),
     log:
         "reports/logs/report.log",
     conda:

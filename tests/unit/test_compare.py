@@ -242,3 +242,16 @@ def test_a_tree_takes_its_similarity_from_the_tables(tmp_path: Path) -> None:
     loaded = {(r["ft"], r["variant"]): r for r in load_tree(tree)}
     assert loaded[("lora", "gguf-Q4_K_M")]["quality"]["similarity_mean"] == 0.8
     assert "similarity_mean" not in loaded[("base", "gguf-Q4_K_M")]["quality"]
+
+
+def test_per_category_accuracy_is_compared() -> None:
+    a = run_results()
+    for r in a:
+        r["quality"]["accuracy_by_category"] = {"math": 0.5, "code": 0.25}
+    b = copy.deepcopy(a)
+    b[0]["quality"]["accuracy_by_category"]["code"] = 0.5  # base f16 got better at code only
+    result = compare.compare(a, b)
+    flagged = {(r["ft"], r["variant"], r["metric"], r["change"]) for r in result["significant"]}
+    assert flagged == {("base", "gguf-f16", "accuracy:code", "better")}
+    labels = {r["label"] for r in result["rows"]}
+    assert {"Accuracy: code", "Accuracy: math"} <= labels

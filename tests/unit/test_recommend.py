@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from factories import VARIANTS, all_results, budget_results, make_result
 
-from quantflow.recommend import BUDGET_SPECS, make_constraints, pareto_front, recommend
+from quantflow.limits import BUDGET_SPECS, make_constraints
+from quantflow.recommend import pareto_front, recommend
 from quantflow.table import results_table
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
@@ -69,8 +70,10 @@ def test_recommend_known_answers() -> None:
     why = _pick(recs, "base", "recommended")["why"]
     assert why == "50.0 tok/s (2.5x f16), KL 0.03 <= floor 0.05, 30.0 MB"
     keys = {"model", "ft", "kind", "label", "variant", "why", "constraint", "bound_by", "closest", "misses"}
+    keys.add("runner_up")
     assert all(set(r) == keys for r in recs)
     # lora's fastest (Q3_K_M, KL 0.15) is over the floor: the floor is what bound the choice.
+    assert _pick(recs, "base", "recommended")["runner_up"] == "gguf-Q8_0"  # the next fastest within the floor
     lora = _pick(recs, "lora", "recommended")
     assert lora["bound_by"] == ["quality_floor_kl"]
     assert "bound by the KL floor (excludes faster gguf-Q3_K_M (KL 0.15))" in lora["why"]

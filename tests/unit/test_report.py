@@ -26,7 +26,7 @@ from quantflow import exports, report
 from quantflow.table import results_table
 
 REMOTE_REF = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
-REPORT_FILES = ["index.html", "results.csv", "results.json", "results.parquet", "summary.md"]
+REPORT_FILES = ["index.html", "loss_curves.csv", "results.csv", "results.json", "results.parquet", "summary.md"]
 
 
 def test_render_answers_mark_flips(tmp_path: Path) -> None:
@@ -34,8 +34,8 @@ def test_render_answers_mark_flips(tmp_path: Path) -> None:
     md = (tmp_path / "summary.md").read_text(encoding="utf-8")
     html = (tmp_path / "index.html").read_text(encoding="utf-8")
     assert "## Answers side by side" in md
-    assert "| q1 | Question: What is 1 plus 2? Answer: | 3 | 3 ✓ | 3 ✓ | wrong-1 ✗ ⚠ |" in md
-    assert "| q3 | Question: What is 3 plus 2? Answer: | 5 | wrong-3 ✗ | wrong-3 ✗ | 5 ✓ ⚠ |" in md
+    assert "| q1 | math | Question: What is 1 plus 2? Answer: | 3 | 3 ✓ | 3 ✓ | wrong-1 ✗ ⚠ |" in md
+    assert "| q3 | math | Question: What is 3 plus 2? Answer: | 5 | wrong-3 ✗ | wrong-3 ✗ | 5 ✓ ⚠ |" in md
     assert md.count("⚠ |") == 2
     assert 'class="ans wrong flip-lost"' in html and 'class="ans right flip-gained"' in html
     assert html.count("ans wrong flip-lost") == 1 and html.count("ans right flip-gained") == 1
@@ -52,7 +52,7 @@ def test_render_budgets_in_report(tmp_path: Path) -> None:
         assert "no variant meets the KL floor 0.05 and the RAM budget 10 MB; closest: gguf-Q4_K_M" in text
         assert "n/a (not measured in this run)" in text  # the VRAM budget
     assert "| 70 ✗ |" in md  # peak RSS over the budget is marked
-    assert '<td class="num miss">70</td>' in html
+    assert '<td class="num g-memory miss">70</td>' in html
 
 
 def test_render_writes_all_files(tmp_path: Path) -> None:
@@ -79,31 +79,83 @@ def test_render_writes_all_files(tmp_path: Path) -> None:
         assert "cafe1234" in text  # run provenance
         assert "gguf-Q4_K_M" in text
         assert "2.5x f16" in text  # recommendation why
+        assert "deploy gguf-Q4_K_M, 2.50x the f16" in text and "30 % of its size" in text  # the verdict
         assert "Eval PPL" in text  # training table
         assert "KL mean" in text  # glossary / table header
     assert "| Key | Value |" in md
     assert "| versions.pandas | 3.1.1 |" in md
+    # The answer first, provenance last: verdict, charts, results, ..., provenance.
+    md_marks = ["## Verdict", "## Why these choices", "## Results", "## Answers", "## Provenance"]
+    html_marks = ['id="verdict"', 'id="charts"', 'id="results"', 'id="answers"', 'id="run"']
+    for text, marks in ((md, md_marks), (html, html_marks)):
+        assert [text.index(m) for m in marks] == sorted(text.index(m) for m in marks)
+    assert "Loss curve of tiny-lm / lora" in md
 
 
-def test_render_accuracy_charts_and_llama_bench_columns(tmp_path: Path) -> None:
+def test_verdict_compares_with_f16_and_the_runner_up(tmp_path: Path) -> None:
     report.render(all_results(), [], RUN, tmp_path, quality_floor_kl=0.05)
+    md = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    verdict = md.split("## Verdict", 1)[1].split("## Why these choices", 1)[0]
+    # Recommended, the f16 reference, the runner-up (next fastest within the floor); no interval in the
+    # results yet, so each says so instead of printing a bare number.
+    assert "| recommended | Q4_K_M | 2.50x [n/a] | 30.0 | 70 | 0.03 ± n/a | 45.0 [n/a] | n/a |" in verdict
+    assert "| f16 | f16 | 1.00x [n/a] | 100.0 | 140 |" in verdict
+    assert "| runner-up | Q8_0 | 1.75x [n/a] |" in verdict
+
+
+def test_uncertainty_is_shown_where_results_carry_it(tmp_path: Path) -> None:
+    results = all_results()
+    q4 = next(r for r in results if (r["ft"], r["variant"]) == ("base", "gguf-Q4_K_M"))
+    # The fields the paired, uncertainty-aware bench writes (rendered without validation here).
+    q4["speed"]["speedup_vs_f16"] = {"median": 2.4, "ci95": [2.3, 2.55], "n": 8}
+    q4["quality"].update(kl_mean_se=0.004, accuracy_ci95=[0.31, 0.59], mcnemar_p=0.62, top1_se=0.01)
+    report.render(results, [], RUN, tmp_path, quality_floor_kl=0.05)
+    md = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    row = "| recommended | Q4_K_M | 2.40x [2.30–2.55] | 30.0 | 70 | 0.03 ± 0.004 | 45.0 [31.0–59.0] | 0.62 |"
+    assert row in md
+    assert "indistinguishable from f16 on the tasks (McNemar p = 0.62)" in md
+    assert "2.40x the f16's decode speed (95 % CI 2.30–2.55)" in md
+
+
+def test_render_charts_and_llama_bench_columns(tmp_path: Path) -> None:
+    report.render(all_results(), TRAINING, RUN, tmp_path, quality_floor_kl=0.05)
     html = (tmp_path / "index.html").read_text(encoding="utf-8")
     md = (tmp_path / "summary.md").read_text(encoding="utf-8")
-    assert html.count("<svg") == 4  # KL vs speed / size, then accuracy vs speed / size
-    assert html.index("Quality vs size") < html.index("Accuracy vs speed") < html.index("Accuracy vs size")
-    assert "Top right is best: higher accuracy, higher tok/s." in html
-    # Chart element ids stay unique once the four SVGs share one document.
+    # Per model / fine-tune a Pareto chart (the category chart has no categories here), one loss curve.
+    assert html.count("<svg") == 3
+    assert html.index("tiny-lm / base: fidelity against speed") < html.index("tiny-lm / lora: fidelity against speed")
+    assert "tiny-lm / lora: training loss" in html
+    # Chart element ids stay unique once the SVGs share one document.
     ids = re.findall(r'\bid="([^"]+)"', html)
     assert len(ids) == len(set(ids))
     for text in (md, html):
         assert "llama-bench tg" in text and "ours / engine" in text
         assert "cost of the Python path" in text  # glossary
-    # llama-bench's tg with its own CV (stdev 0.5 of 62.5: 1 %)
-    assert "| gguf-Q4_K_M ★ | 30.0 | 4.90 | 50.0 [47.5–52.5] | 2.50x | 2.0 | 62.5 ±1 % | 0.80x |" in md
+    # The speed table, llama-bench's tg with its own CV (stdev 0.5 of 62.5: 1 %)
+    assert "| gguf-Q4_K_M ★ | 50.0 [47.5–52.5] | 2.50x [n/a] | 2.0 | 62.5 ±1 % | 0.80x |" in md
     # lora's results carry no llama_bench block: both cells are blank.
-    assert "| gguf-Q4_K_M ★ | 30.0 | 4.90 | 52.0 [49.4–54.6] | 2.48x | 2.0 | – | – |" in md
+    assert "| gguf-Q4_K_M ★ | 52.0 [49.4–54.6] | 2.48x [n/a] | 2.0 | – | – |" in md
     html_row = re.search(r"<code>gguf-Q4_K_M ★</code></td>\s*(.*?)</tr>", html, re.S)
-    assert html_row is not None and '>62.5 ±1 %</td><td class="num">0.80x</td>' in html_row.group(1)
+    assert html_row is not None and '>62.5 ±1 %</td><td class="num g-speed">0.80x</td>' in html_row.group(1)
+    # Each group of columns can be hidden (a checkbox per group, CSS only).
+    for key in ("speed", "memory", "fidelity", "tasks"):
+        assert f'id="show-{key}" checked' in html and f"#show-{key}:not(:checked) ~ .tables .g-{key}" in html
+
+
+def test_per_category_accuracy_in_every_output(tmp_path: Path) -> None:
+    results = answer_results()
+    for r in results:
+        r["quality"]["accuracy_by_category"] = {"math": r["quality"]["accuracy"], "word problem": 0.25}
+    paths = report.render(results, [], RUN, tmp_path, quality_floor_kl=0.05)
+    csv = pd.read_csv(paths["results.csv"])
+    assert list(csv["acc_math"]) == [0.50, 0.50, 0.45] and set(csv["acc_word_problem"]) == {0.25}
+    assert json.loads(paths["results.json"].read_text())["rows"][0]["acc_word_problem"] == 0.25
+    assert pd.read_parquet(paths["results.parquet"])["acc_math"].notna().all()
+    md = paths["summary.md"].read_text(encoding="utf-8")
+    assert "| math % | word problem % |" in md and "| 45 | 25 |" in md
+    html = paths["index.html"].read_text(encoding="utf-8")
+    assert "accuracy per task category" in html and html.count("<svg") == 2
+    assert 'id="cat-math" checked' in html and 'tr.cat-math { display: none; }' in html
 
 
 def test_render_leaves_no_temp_files_and_replaces_old_report(tmp_path: Path) -> None:
@@ -207,11 +259,11 @@ def test_similarity_and_telemetry_flow_to_every_output(tmp_path: Path) -> None:
     for header in ("Peak VRAM MB", "GPU util %", "Retention %", "Similarity mean / min"):
         assert f"| {header} |" in md or f" {header} |" in md
         assert f"**{header}**" in md  # glossary
-    q8 = next(line for line in md.splitlines() if line.startswith("| gguf-Q8_0"))
+    q8 = next(line for line in md.splitlines() if line.startswith("| gguf-Q8_0") and "512" in line)
     assert "| 512 ✗ | 42 |" in q8  # measured VRAM, over the 400 MB budget
-    f16 = next(line for line in md.splitlines() if line.startswith("| gguf-f16"))
-    assert "| n/a | n/a |" in f16  # no GPU measurement
-    assert "| 0.625 / 0.250 |" in next(line for line in md.splitlines() if line.startswith("| gguf-Q4_K_M"))
+    f16 = [line for line in md.splitlines() if line.startswith("| gguf-f16")]
+    assert any(line.endswith("| n/a | n/a |") for line in f16)  # memory table: no GPU measurement
+    assert any("| 0.625 / 0.250 |" in line for line in md.splitlines() if line.startswith("| gguf-Q4_K_M"))
     assert "wrong-1 ✗ (sim 0.25) ⚠" in md  # per answer, side by side
     html = paths["index.html"].read_text(encoding="utf-8")
     assert "sim 0.25" in html and "Similarity mean / min" in html

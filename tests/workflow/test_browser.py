@@ -1,13 +1,18 @@
 """The HTML report in a real browser: Debian's headless Chromium renders it, dumps the DOM, screenshots it.
 
-The report is rendered from synthetic results through ``quantflow.report.render`` (a real tiny
-workflow run takes ~3 minutes on 2 cores; the rendering path is the same). The screenshot lands in
-``test-artifacts/report.png`` (git-ignored) for a human look.
+Two reports: one from synthetic results (every kind of recommendation line, budgets that bind) and the
+real one of a tiny workflow run (conftest.py's ``tiny_run``), checked for what a reader sees: the
+verdict of every model / fine-tune in the first screen at 1400 x 900, no chart text over another
+(bounding boxes of the SVG text elements, measured by the browser), no sideways scrolling of the page
+at 1400 and at 800 px. Screenshots land in ``test-artifacts/`` (git-ignored) for a human look.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -137,9 +142,9 @@ def test_report_renders_in_chromium(chromium: str, report_html: Path, tmp_path: 
     assert "bound by the RAM budget" in dom
     assert "no variant meets the KL floor 0.05 and the RAM budget 48 MB; closest: gguf-Q4_K_M" in dom
     assert "n/a (not measured in this run)" in dom
-    assert dom.count("<svg") >= 2  # the two Pareto charts
+    assert dom.count("<svg") >= 2  # a Pareto chart per model / fine-tune
     assert 'class="ans wrong flip-lost"' in dom or 'class="ans right flip-gained"' in dom
-    assert 'class="num miss"' in dom
+    assert 'class="num g-memory miss"' in dom
     # No console errors or failed loads from the page (it has no scripts and no remote references).
     problems = [
         line
@@ -160,3 +165,65 @@ def test_report_screenshot(chromium: str, report_html: Path, tmp_path: Path) -> 
     assert _png_size(data) == (1400, 3000)
     # A blank 1400x3000 PNG compresses to a few KB; charts, tables and text take far more.
     assert len(data) > 100_000, len(data)
+
+
+# ------------------------------------------------------------------------ the real tiny run's report
+
+# Injected into a copy of the page only (the report itself runs no script): measures what the browser
+# laid out and writes it into the DOM, which --dump-dom then returns.
+LAYOUT_PROBE = """<script>
+addEventListener("load", () => {
+  const out = {width: innerWidth, scroll: document.documentElement.scrollWidth, verdicts: [], texts: 0, overlaps: []};
+  for (const g of document.querySelectorAll(".verdict-group")) {
+    const r = g.getBoundingClientRect();
+    out.verdicts.push([r.top + scrollY, r.bottom + scrollY]);
+  }
+  document.querySelectorAll("svg.chart").forEach((svg, k) => {
+    const boxes = [...svg.querySelectorAll('g[id*="text_"]')].map((g) => [g.id, g.getBoundingClientRect()])
+      .filter(([, r]) => r.width > 0 && r.height > 0);
+    out.texts += boxes.length;
+    for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+      const [a, b] = [boxes[i][1], boxes[j][1]];
+      const dx = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+      const dy = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+      if (dx > 0.5 && dy > 0.5) out.overlaps.push([k, boxes[i][0], boxes[j][0]]);
+    }
+  });
+  const pre = document.createElement("pre");
+  pre.id = "qf-layout";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_real_report_reads_first_and_lays_out(chromium: str, tiny_run: Path, tmp_path: Path, width: int) -> None:
+    page = (tiny_run / "reports" / "index.html").read_text(encoding="utf-8")
+    recs = json.loads((tiny_run / "reports" / "results.json").read_text())["recommendations"]
+    groups = {(r["model"], r["ft"]) for r in recs}
+    probe = tmp_path / "index.html"
+    probe.write_text(page.replace("</body>", LAYOUT_PROBE + "</body>"), encoding="utf-8")
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},900"]
+    proc = _run(chromium, *flags, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = re.search(r'<pre id="qf-layout">(.*?)</pre>', proc.stdout, re.S)
+    assert found, "the layout probe did not run"
+    layout = json.loads(html.unescape(found.group(1)))
+    assert layout["scroll"] <= layout["width"], layout  # the page itself never scrolls sideways
+    assert len(layout["verdicts"]) == len(groups)
+    if width == 1400:  # every verdict with its comparison table in the first screen
+        assert all(bottom <= 900 for _, bottom in layout["verdicts"]), layout["verdicts"]
+    else:
+        assert layout["verdicts"][0][0] < 900
+    assert layout["texts"] > 20 and not layout["overlaps"], layout["overlaps"]
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    for name, height in ((f"tiny-report-{width}-first-screen.png", 900), (f"tiny-report-{width}.png", 4000)):
+        png = ARTIFACTS / name
+        png.unlink(missing_ok=True)
+        shot = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'shot'}", "--hide-scrollbars"]
+        proc = _run(chromium, *shot, f"--screenshot={png}", f"--window-size={width},{height}",
+                    (tiny_run / "reports" / "index.html").as_uri())  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert _png_size(png.read_bytes()) == (width, height)

@@ -45,11 +45,8 @@ def job_stats(out: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    wd = tmp_path_factory.mktemp("tinyrun")
-    p = snakemake(wd)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return wd
+def run(tiny_run) -> Path:
+    return tiny_run  # one full run per session (conftest.py), shared with the browser test
 
 
 def test_report_has_one_row_per_variant(run):
@@ -76,6 +73,32 @@ def test_report_has_one_row_per_variant(run):
     html = (run / "reports" / "index.html").read_text()
     assert "<svg" in html and "gguf-Q4_K_M" in html
     assert "gguf-Q3_K_M" in (run / "reports" / "summary.md").read_text()
+
+
+def test_deploy_folder_serves_the_recommended_file(run):
+    """reports/deploy/tiny-lora/: the benchmarked GGUF (same sha256), loaded as the Modelfile says, answers."""
+    from llama_cpp import Llama
+
+    from quantflow import deploy
+
+    doc = json.loads((run / "reports" / "results.json").read_text())
+    rec = next(r for r in doc["recommendations"] if (r["ft"], r["kind"]) == ("lora", "recommended"))
+    folder = run / "reports" / "deploy" / "tiny-lora"
+    served = ["Modelfile", "README.md", "llama-server.sh"]
+    assert sorted(p.name for p in folder.iterdir() if p.suffix != ".gguf") == served
+    result = json.loads((run / f"results/tiny/lora/bench/{rec['variant']}.json").read_text())
+    modelfile = deploy.parse_modelfile((folder / "Modelfile").read_text())
+    gguf = folder / modelfile["from"]
+    assert deploy.sha256(gguf) == result["file"]["sha256"]
+    params = modelfile["parameters"]
+    assert params["num_ctx"] == [str(result["speed"]["n_ctx"])]
+    llm = Llama(model_path=str(gguf), n_ctx=int(params["num_ctx"][0]), n_threads=int(params["num_thread"][0]),
+                seed=0, verbose=False)  # fmt: skip
+    out = llm.create_completion(result["answers"][0]["prompt"], max_tokens=8, temperature=0.0, top_k=1,
+                                stop=params["stop"])  # fmt: skip
+    assert out["usage"]["completion_tokens"] >= 1
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nbase_model: ") and "## Machine" in card
 
 
 def test_bench_jobs_never_overlap(run):
