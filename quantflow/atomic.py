@@ -81,17 +81,3 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 def write_json(path: str | Path, obj, **kwargs) -> None:
     write_text(path, json.dumps(obj, indent=2, **kwargs))
 
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for a child process: the kernel kills it when the job's process dies (Linux).
-
-    Without this, a SIGKILLed job leaves its converter or quantizer running as an orphan, still
-    writing a temporary and competing for the cores with the rerun.
-    """
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):  # not Linux: no such call; the orphan only wastes time
-        pass

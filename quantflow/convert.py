@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from .atomic import atomic_path, die_with_parent
+from . import procs
+from .atomic import atomic_path
 from .inputs import check_hf_dir, hf_dtype
 from .quantize import check_gguf
 
@@ -56,7 +56,7 @@ def convert(hf_dir: str | Path, out: str | Path, llama_cpp_dir: str | Path, outt
         log.info("running %s", " ".join(cmd))
         env = dict(os.environ)
         env.pop("NO_LOCAL_GGUF", None)  # the converter puts its own gguf-py first on sys.path
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=die_with_parent)
+        proc = procs.run(cmd, capture_output=True, text=True, env=env)
         for line in (proc.stdout + proc.stderr).splitlines():
             log.info("converter: %s", line)
         if proc.returncode != 0:

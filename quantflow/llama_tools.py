@@ -16,6 +16,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from . import procs
+
 log = logging.getLogger(__name__)
 
 # llama-perplexity prints its results as text only (no JSON mode); these are its own labels.
@@ -45,7 +47,7 @@ def _run(cmd: list[str], expect: re.Pattern | None = None, timeout: int = 3600, 
     for attempt in range(1, tries + 1):
         log.info("running %s", " ".join(cmd))
         with tempfile.TemporaryFile("w+") as out:
-            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False)
+            proc = procs.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False)
             out.seek(0)
             text = out.read()
         for line in text.splitlines()[-40:]:
@@ -70,7 +72,7 @@ def llama_bench(llama_cpp_dir, gguf, threads: int, n_prompt: int, n_gen: int, re
     # Two runs: llama-bench crosses -d with -p and -n, so one run would also time pp at depth n_prompt
     # and tg at depth 0, which nothing uses.
     for p, n, d in ((n_prompt, 0, 0), (0, n_gen, n_prompt)):
-        out = subprocess.run(
+        out = procs.run(
             [str(tool(llama_cpp_dir, "llama-bench")), "-m", str(gguf), "-t", str(threads), "-p", str(p),
              "-n", str(n), "-d", str(d), "-r", str(reps), "-o", "json"],
             capture_output=True, text=True, timeout=1800, check=False,

@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import stats
-from .atomic import die_with_parent
+from . import procs, stats
 from .memory import peak_rss_mb, rss_mb
 from .telemetry import GpuSampler
 
@@ -130,14 +128,13 @@ def run_isolated(module: str, payload: dict, what: str) -> dict:
     """
     pkg_root = str(Path(__file__).resolve().parent.parent)  # importable even when not pip-installed
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run(
+    proc = procs.run(  # a killed bench job must not leave its measurement running
         [sys.executable, "-m", module],
         input=json.dumps(payload),
         capture_output=True,
         text=True,
         env=env,
         check=False,
-        preexec_fn=die_with_parent,  # a killed bench job must not leave its measurement running
     )
     for line in proc.stderr.splitlines():
         log.info("speed: %s", line)
