@@ -13,6 +13,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from .gguf_types import UNQUANTIZED, canonical_quant, ggml_types, llama_quant_types, model_widths, predicted_fallbacks
+from .schema import escape_line_breaks, key_path, quote_key
 from .variants import IMAT_SUFFIX
 
 
@@ -37,18 +38,11 @@ def _with_defaults(validator_class):
 DefaultFillingValidator = _with_defaults(Draft202012Validator)
 
 
-def key_path(path) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
 def _describe(err) -> str:
     if err.validator == "additionalProperties":
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})), key=repr)  # keys of any type
         allowed = ", ".join(sorted(err.schema.get("properties", {})))
-        return f"unknown key(s) {', '.join(extra)}; allowed here: {allowed}"
+        return f"unknown key(s) {', '.join(map(quote_key, extra))}; allowed here: {allowed}"
     if err.validator == "required":
         return err.message.replace("is a required property", "is required but missing")
     if err.validator == "enum":
@@ -95,8 +89,6 @@ def normalise_quants(entries: list) -> dict[str, dict]:
         opts["type"] = t
         out[t] = canonical(opts)
     return out
-
-
 
 
 def quant_variants(cfg: dict) -> dict[str, dict]:
@@ -172,6 +164,27 @@ def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
             f"config key bench.n_ctx: {b['n_ctx']} is smaller than prompt_tokens + gen_tokens "
             f"({b['prompt_tokens']} + {b['gen_tokens']})"
         )
+    errs.extend(_repetition_errors(b))
+    return errs
+
+
+def _repetition_errors(bench: dict) -> list[str]:
+    """The minimum of measured repetitions above the maximum, for GGUF variants and for hf-* (bench.hf)."""
+    hf = bench.get("hf", {})
+    errs = []
+    for section in (None, "hf"):
+        if section and not {"repetitions", "max_repetitions"} & set(hf):
+            continue  # hf-* variants take both from bench: checked above
+
+        def setting(k, section=section):
+            return (f"bench.hf.{k}", hf[k]) if section and k in hf else (f"bench.{k}", bench[k])
+
+        (low_key, low), (high_key, high) = setting("repetitions"), setting("max_repetitions")
+        if low > high:
+            errs.append(
+                f"config key {low_key}: {low} is above {high_key} ({high}); the minimum of measured repetitions "
+                f"cannot exceed the maximum: raise {high_key} or lower {low_key}"
+            )
     return errs
 
 
@@ -347,10 +360,9 @@ def load_and_validate(cfg: dict, schema_path: str | Path, base_dir: str | Path =
     """Validate (filling defaults) and return the config; raise ConfigError with one line per problem."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     cfg = copy.deepcopy(cfg)
-    errs = schema_errors(cfg, schema)
+    errs = schema_errors(cfg, schema) or semantic_errors(cfg, Path(base_dir))
     if errs:
-        raise ConfigError(errs[0] + (f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""))
-    errs = semantic_errors(cfg, Path(base_dir))
-    if errs:
-        raise ConfigError(errs[0] + (f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""))
+        raise ConfigError(
+            escape_line_breaks(errs[0]) + (f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else "")
+        )
     return canonical(cfg)

@@ -26,14 +26,27 @@ def validator(schema_path: str | Path) -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+# What str.splitlines() breaks on: an error must stay one line whatever a key or value holds.
+_LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def quote_key(key: Any) -> str:
+    """A key as an error line names it: bare when plain (``n_ctx``), else its repr (``'a\\nb'``)."""
+    return key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else repr(key)
+
+
 def key_path(parts: Sequence[str | int]) -> str:
-    """``["answers", 3, "id"]`` -> ``answers[3].id``; the empty path is ``(top level)``."""
+    """``["answers", 3, "id"]`` -> ``answers[3].id``; a key that is not plain goes in brackets, quoted
+    (``models[0]['a b']``), so the line stays one line whatever it holds; the empty path is ``(top level)``."""
     out = ""
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif isinstance(part, str) and _PLAIN_KEY.fullmatch(part):
+            out += f".{part}" if out else part
         else:
-            out += f".{part}" if out else str(part)
+            out += f"[{part!r}]"
     return out or "(top level)"
 
 
@@ -56,6 +69,12 @@ def error_key_path(error: ValidationError) -> str:
 
 def one_line(text: Any) -> str:
     return " ".join(str(text).split())
+
+
+def escape_line_breaks(text: str) -> str:
+    """``text`` with every line break escaped, as repr writes it: one line, and still exact (a path or
+    value the user wrote is echoed as it is, where :func:`one_line` would fold it)."""
+    return _LINE_BREAK.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def first_error(doc: Any, schema_path: str | Path) -> str | None:

@@ -6,6 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (CI, `make test`): a pass count never depends on luck
+# and a failure reproduces. HYPOTHESIS_PROFILE=explore draws new examples on each run, and keeps the
+# failing ones in .hypothesis/ to try first next time. Loaded here, before the test modules build their
+# own settings objects (those inherit from the profile in force when they are made).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_CPP_DIR = REPO / ".venv" / "llama.cpp"

@@ -240,3 +240,50 @@ def test_gptq_settings_are_validated_and_complete():
         "config key gptq: unknown key(s) groupsize"
     )
     assert broken(lambda c: c.__setitem__("gptq", {"damp_percent": 2})).startswith("config key gptq.damp_percent:")
+
+
+def test_an_unknown_key_holding_a_line_break_is_named_in_one_line():
+    msg = broken(lambda c: c["bench"].__setitem__("gen\ntokens", 8))
+    assert msg.startswith(r"config key bench: unknown key(s) 'gen\ntokens'; allowed here: ")
+
+
+def test_a_key_that_is_not_plain_is_quoted_in_the_key_path():
+    from quantflow.schema import key_path
+
+    assert key_path(["bench", "hf", "gen_tokens"]) == "bench.hf.gen_tokens"
+    assert key_path(["models", 0, "a b", "x\ny"]) == r"models[0]['a b']['x\ny']"
+
+
+def test_a_value_holding_a_line_break_is_echoed_in_one_line():
+    data = dict.fromkeys(["sft_train", "sft_eval", "test", "heldout", "prompts"], "missing.jsonl")
+    model = {"name": "mine", "source": "local", "path": "no\nsuch\u2028dir", "data": data}
+    msg = broken(lambda c: c["models"].append(model))
+    assert msg.startswith(r"config key models[1].path: no\nsuch\u2028dir is not a Hugging Face model directory")
+    assert len(msg.splitlines()) == 1
+
+
+def test_minimum_repetitions_above_the_maximum_names_both_keys():
+    msg = broken(lambda c: c["bench"].update(repetitions=30, max_repetitions=5))
+    assert msg.startswith("config key bench.repetitions: 30 is above bench.max_repetitions (5)")
+
+
+@pytest.mark.parametrize(
+    "hf,expect",
+    [
+        (
+            {"repetitions": 6, "max_repetitions": 4},
+            "config key bench.hf.repetitions: 6 is above bench.hf.max_repetitions (4)",
+        ),
+        ({"max_repetitions": 4}, "config key bench.repetitions: 7 is above bench.hf.max_repetitions (4)"),
+        ({"repetitions": 25}, "config key bench.hf.repetitions: 25 is above bench.max_repetitions (20)"),
+    ],
+)
+def test_minimum_repetitions_above_the_maximum_in_the_hf_overrides(hf, expect):
+    msg = broken(lambda c: c["bench"].update(repetitions=7, max_repetitions=20, hf=hf))
+    assert msg.startswith(expect), msg
+
+
+def test_minimum_equal_to_the_maximum_is_fine():
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["bench"].update(repetitions=5, max_repetitions=5, hf={"repetitions": 3, "max_repetitions": 3})
+    assert validate(cfg)["bench"]["max_repetitions"] == 5

@@ -58,3 +58,13 @@ def test_unreadable_json_names_file(tmp_path: Path) -> None:
     path.write_text('{"schema_version": 1,', encoding="utf-8")
     with pytest.raises(ValueError, match="truncated.json"):
         results.load([path])
+
+
+def test_an_extra_key_holding_a_line_break_is_named_in_one_line(tmp_path: Path) -> None:
+    extra = make_result()
+    extra["memory"]["swap\nmb"] = 1.0
+    path = tmp_path / "extra.json"
+    path.write_text(json.dumps(extra), encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        results.load([path])
+    assert len(str(err.value).splitlines()) == 1 and r"memory['swap\nmb']" in str(err.value)
