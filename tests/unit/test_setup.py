@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -19,16 +20,16 @@ _REQ = re.compile(
 )
 
 
-def _load_setup_script():
-    path = ROOT / "scripts" / "setup_llama_cpp.py"
-    spec = importlib.util.spec_from_file_location("setup_llama_cpp", path)
+def _load_script(name: str):
+    path = ROOT / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("setup_llama_cpp", mod)
+    sys.modules.setdefault(name, mod)
     spec.loader.exec_module(mod)
     return mod
 
 
-setup_llama_cpp = _load_setup_script()
+setup_llama_cpp = _load_script("setup_llama_cpp")
 
 
 def _norm(name: str) -> str:
@@ -88,6 +89,57 @@ def test_constraints_pin_the_same_torch(deps):
     assert constraints["torch"] == ("==", deps["torch"][1]), (
         f"constraints.txt torch {constraints['torch']} != pyproject.toml torch {deps['torch']}"
     )
+
+
+def _make_venv_dry_run(*args: str) -> str:
+    """The commands `make venv` would run (-n: none is run; -B: as on a machine with no .venv yet)."""
+    p = subprocess.run(["make", "-n", "-B", "venv", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def _torch_install(commands: str) -> str:
+    return next(line for line in commands.splitlines() if "pip install" in line and "'torch==" in line)
+
+
+def test_torch_index_url_points_the_torch_install_at_that_index():
+    url = "https://wheels.example.org/cpu"
+    assert f"--index-url '{url}'" in _torch_install(_make_venv_dry_run(f"TORCH_INDEX_URL={url}"))
+
+
+def test_without_torch_index_url_pip_uses_its_configured_indexes():
+    commands = _make_venv_dry_run()
+    assert "--index-url" not in _torch_install(commands)
+    assert "scripts/check_torch.py" in commands  # the build is checked, with a warning at most
+
+
+check_torch = _load_script("check_torch")
+
+
+@pytest.mark.parametrize(
+    "cuda,cuda_available,gpu_visible,warns",
+    [
+        ("13.0", False, False, "a CUDA build on a machine without a GPU"),  # a stock Linux index, no GPU
+        ("13.0", True, True, None),  # a GPU machine keeps its CUDA build
+        (None, False, False, None),  # a CPU-only build without a GPU
+        (None, False, True, "CPU-only build but this machine has an NVIDIA GPU"),
+        ("13.0", False, True, "cannot use the NVIDIA GPU"),
+    ],
+)
+def test_the_torch_build_check_warns_and_never_fails(capsys, cuda, cuda_available, gpu_visible, warns):
+    facts = dict(version="2.13.0", cuda=cuda, cuda_available=cuda_available, gpu_visible=gpu_visible)
+    assert check_torch.main(facts) == 0
+    err = capsys.readouterr().err
+    if warns:
+        assert err.startswith("WARNING: ") and warns in err and len(err.splitlines()) == 1
+        assert "TORCH_INDEX_URL" in err or "driver" in err
+    else:
+        assert err == ""
+
+
+def test_the_torch_build_check_runs_on_this_machine():
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_torch.py")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
 
 
 CHANGELOG = """\
