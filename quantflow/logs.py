@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 
 def to_file(path: str | None) -> None:
-    """Send log records, warnings and an uncaught exception's traceback to the rule's log file.
+    """Send log records, warnings, the process's own output and an uncaught exception's traceback to the
+    rule's log file; the console keeps Snakemake's progress, and one line for a crash.
 
-    Snakemake prints a failed job's log (show-failed-logs) but not a script's stderr, so without the
-    hook a crash would leave a log that ends mid-way with no reason.
+    The process's stdout and stderr (file descriptors 1 and 2, so C libraries' output too) go to the log:
+    the libraries a job uses print dozens of lines there per job, much of it on import (torch's
+    ``_pytree`` deprecation warnings and torchao's kernel probes whenever transformers loads a model,
+    GPTQModel's banner whenever peft builds a LoRA layer with it installed, llama.cpp's loader dump,
+    trainer progress dicts). Kept in the log, they are there when a job fails (the default profile's
+    show-failed-logs prints it). Snakemake prints a failed job's log but not a script's stderr, so
+    without the hook a crash would leave a log that ends mid-way with no reason.
     """
     logging.basicConfig(
         level=logging.INFO,
@@ -19,9 +26,24 @@ def to_file(path: str | None) -> None:
         force=True,
     )
     logging.captureWarnings(True)
+    console = _output_to(path) if path else sys.stderr
 
     def log_uncaught(kind, value, tb):
         logging.getLogger("quantflow").critical("%s: %s", kind.__name__, value, exc_info=(kind, value, tb))
-        sys.__excepthook__(kind, value, tb)
+        first = (str(value).splitlines() or [""])[0]
+        print(f"quantflow: {kind.__name__}: {first} (traceback in {path or 'the log above'})", file=console)
 
     sys.excepthook = log_uncaught
+
+
+def _output_to(path: str) -> object:
+    """Point file descriptors 1 and 2 at ``path`` (appending, as the log handler does, so the two never
+    overwrite each other); return a stream on the console's stderr."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    console = os.fdopen(os.dup(2), "w", buffering=1)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return console

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -22,3 +23,36 @@ def test_uncaught_exception_lands_in_the_log_file(tmp_path):
     assert "CRITICAL quantflow: ValueError: the GGUF file is truncated" in text
     assert "Traceback (most recent call last)" in text
     assert "ValueError" in p.stderr  # still on stderr too
+    assert len(p.stderr.splitlines()) == 1 and str(log) in p.stderr  # one line on the console, naming the log
+
+
+# Start-up noise of the libraries a job imports, as it reached the console before their output was routed.
+NOISE = ("_pytree", "Failed to load", "GPT-QModel", "torchao", "Python GIL", "kernels-community")
+
+
+def test_library_noise_goes_to_the_log_not_the_console(tmp_path):
+    """A job that builds a LoRA with peft (which imports transformers, torchao and, installed, GPTQModel):
+    the console shows none of their start-up lines; the log keeps them, and our own lines."""
+    log = tmp_path / "job.log"
+    code = (
+        "import logging, os\n"
+        "from quantflow.logs import to_file\n"
+        f"to_file({str(log)!r})\n"
+        "logging.getLogger('quantflow.finetune').info('our own line')\n"
+        "from peft import LoraConfig, get_peft_model\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,"
+        " vocab_size=100)\n"
+        "get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=2, target_modules=['q_proj']))\n"
+        "print('a print')\n"
+        "os.write(2, b'a write to fd 2\\n')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    console = p.stdout + p.stderr
+    assert not [line for line in console.splitlines() if any(n in line for n in NOISE)], console[-2000:]
+    assert console == ""
+    text = log.read_text()
+    assert "our own line" in text and "a print" in text and "a write to fd 2" in text
+    if importlib.util.find_spec("torchao"):  # the gptq extra brings it: the noise was made, and kept here
+        assert "_pytree" in text
