@@ -26,6 +26,15 @@ _KLD = re.compile(r"Mean\s+KLD:\s+([-0-9.eE+]+)")
 _TOP1 = re.compile(r"Same top p:\s+([0-9.]+)")
 
 
+def resolve_dir(configured: str | Path, repo: str | Path) -> Path:
+    """The configured llama.cpp folder (config ``llama_cpp_dir``): a relative one is relative to the repository.
+
+    Resolved inside the job: a rule's params hold the configured value, never this checkout's absolute
+    path, which would rerun every job of a moved or freshly cloned checkout.
+    """
+    return Path(repo) / configured
+
+
 def tool(llama_cpp_dir: str | Path, name: str) -> Path:
     p = Path(llama_cpp_dir) / "bin" / name
     if not p.is_file():

@@ -111,8 +111,16 @@ def _item(it, template: str, where: str, strict: bool) -> dict:
 
 
 def input_path(model: dict, default: str) -> str:
-    """A bench / reference job's suite file: the model's ``suite`` when set, else ``default`` (its data file)."""
-    return str(resolve(model["suite"], Path.cwd())) if model.get("suite") else default
+    """A bench / reference job's suite file: the model's ``suite`` when set, else ``default`` (its data file).
+
+    Relative to the working directory where it lies inside it (a shipped suite, when run from the
+    repository): Snakemake records a job's input paths, and an absolute one would rerun the job in a moved
+    checkout.
+    """
+    if not model.get("suite"):
+        return default
+    path = resolve(model["suite"], Path.cwd())
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def config_errors(key: str, spec: str, base_dir: str | Path = ".") -> list[str]:

@@ -8,9 +8,11 @@ all variants at once (rule `similarity`).
 """
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from quantflow import provenance, variants
 from quantflow.failures import check_model_input, failed_result
+from quantflow.llama_tools import resolve_dir
 from quantflow.logs import to_file
 from quantflow.prompt_format import load_rendered
 from quantflow.quantize import gguf_plan
@@ -18,6 +20,7 @@ from quantflow.results import validate, write_json
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 to_file(sm.log[0])
+llama_cpp = resolve_dir(sm.params.llama_cpp_dir, Path(sm.scriptdir).parent)  # relative = to the repository
 started = datetime.now(UTC).isoformat()
 threads = sm.params.bench["threads"] or sm.threads
 variant = sm.wildcards.variant
@@ -36,12 +39,12 @@ try:  # one variant's failure is recorded as its result (status failed, why), ne
         from quantflow.bench import run_variant
 
         result = run_variant(sm.input.model, sm.input.reference, test, prompts, sm.params.bench, threads, dict(meta),
-                             llama_cpp_dir=sm.params.llama_cpp_dir)  # fmt: skip
+                             llama_cpp_dir=llama_cpp)  # fmt: skip
     if result["format"] == "gguf":  # what llama.cpp wrote, tensor by tensor (f16: read from the file)
         result["file"]["plan"] = gguf_plan(sm.input.model, sm.input.plan or None, sm.params.quant)
 except Exception as e:  # noqa: BLE001 - SIGKILL and Ctrl-C are not caught: those jobs are redone next run
     result = failed_result(meta, e)
-result["provenance"] = provenance.collect(sm.config, sm.params.llama_cpp_dir, threads)
+result["provenance"] = provenance.collect(sm.config, llama_cpp, threads)
 # Start and end of the job: the report (and a test) can show that no two benchmarks overlapped.
 result["provenance"].update(started=started, finished=datetime.now(UTC).isoformat())
 validate(result)

@@ -3,11 +3,14 @@
 Snakemake rule `imatrix`: input.gguf, input.calibration; output.imatrix; params.settings, params.llama_cpp_dir.
 """
 
-from quantflow.llama_tools import imatrix
+from pathlib import Path
+
+from quantflow.llama_tools import imatrix, resolve_dir
 from quantflow.logs import to_file
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 to_file(sm.log[0])
+llama_cpp = resolve_dir(sm.params.llama_cpp_dir, Path(sm.scriptdir).parent)  # relative = to the repository
 s = sm.params.settings
-imatrix(sm.params.llama_cpp_dir, sm.input.gguf, sm.input.calibration, sm.output.imatrix, s["n_ctx"], s["chunks"],
+imatrix(llama_cpp, sm.input.gguf, sm.input.calibration, sm.output.imatrix, s["n_ctx"], s["chunks"],
         sm.threads)  # fmt: skip

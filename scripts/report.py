@@ -11,15 +11,17 @@ import json
 from pathlib import Path
 
 from quantflow import deploy, provenance, results
+from quantflow.llama_tools import resolve_dir
 from quantflow.logs import to_file
 from quantflow.report import render
 from quantflow.table import results_table
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 to_file(sm.log[0])
+llama_cpp = resolve_dir(sm.params.llama_cpp_dir, Path(sm.scriptdir).parent)  # relative = to the repository
 measured = results.load(sm.input.results, sm.input.similarity)
 training = [json.loads(Path(p).read_text()) for p in sm.input.training]
-run = provenance.collect(sm.config, sm.params.llama_cpp_dir, threads=0)
+run = provenance.collect(sm.config, llama_cpp, threads=0)
 run.pop("threads")
 budgets = dict(sm.params.report)
 floor = budgets.pop("quality_floor_kl")

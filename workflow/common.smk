@@ -29,9 +29,9 @@ QUANTS = quant_variants(config)  # {quant} values: GGUF types and '<type>-imat' 
 FTS = ["base", *FINETUNES]
 VARIANTS = variants.all_variants(QUANTS, config["hf_variants"])
 DEMO_MODELS = [n for n, m in MODELS.items() if m["source"] == "demo"]
-LLAMA_CPP_DIR = str(
-    Path(workflow.basedir) / config["llama_cpp_dir"]
-)  # relative = to the repo
+# As configured (relative = to the repository); the scripts resolve it (llama_tools.resolve_dir). A params
+# value holding this checkout's absolute path would rerun every job of a moved or re-cloned checkout.
+LLAMA_CPP_DIR = config["llama_cpp_dir"]
 DATA_FILES = {
     "corpus": "corpus.txt",
     "heldout": "heldout.txt",
@@ -55,18 +55,18 @@ wildcard_constraints:
 
 
 def code_hash(script):
-    """Hash of the package modules that scripts/<script>.py imports: a params value, so editing any of them
-    reruns the rule's jobs.
+    """Hash of scripts/<script>.py and the package modules it imports: a params value, so editing any of
+    them reruns the rule's jobs.
 
-    Snakemake tracks a rule's script but not what it imports. The closure is read from the imports
-    themselves (provenance.imported_modules), over the package shipped beside this Snakefile (`make venv`
-    installs that same folder, editable).
+    Snakemake tracks a rule's script, by modification time (which every fresh clone renews: the default
+    profile turns that trigger off), and not what it imports. This hash is by content. The closure is read
+    from the imports themselves (provenance.imported_modules), over the package shipped beside this
+    Snakefile (`make venv` installs that same folder, editable).
     """
     base = Path(workflow.basedir)
+    entry = base / "scripts" / f"{script}.py"
     return provenance.files_hash(
-        provenance.imported_modules(
-            base / "scripts" / f"{script}.py", base / "quantflow"
-        )
+        [entry, *provenance.imported_modules(entry, base / "quantflow")]
     )
 
 

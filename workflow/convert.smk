@@ -21,7 +21,7 @@ rule convert:
         runtime=30,
     params:
         llama_cpp_dir=LLAMA_CPP_DIR,
-        commit=provenance.llama_cpp_commit(LLAMA_CPP_DIR),
+        commit=provenance.llama_cpp_commit(Path(workflow.basedir) / LLAMA_CPP_DIR),
         code=code_hash("convert"),
     script:
         "../scripts/convert.py"

@@ -137,3 +137,13 @@ def test_config_refuses_a_bad_suite_in_one_line(tmp_path, spec, expected):
     with pytest.raises(ConfigError) as e:
         load_and_validate(_config_with_suite(spec), SCHEMA, REPO)
     assert str(e.value).startswith(expected) and "\n" not in str(e.value)
+
+
+def test_a_suite_input_inside_the_working_directory_is_relative(monkeypatch, tmp_path):
+    """Snakemake records input paths: an absolute one would rerun the bench jobs of a moved checkout."""
+    monkeypatch.chdir(REPO)
+    assert suites.input_path({"suite": "general"}, "x") == "suites/general.yaml"
+    assert suites.input_path({"suite": "suites/general.yaml"}, "x") == "suites/general.yaml"
+    assert suites.input_path({}, "results/m/data/test.jsonl") == "results/m/data/test.jsonl"
+    monkeypatch.chdir(tmp_path)  # a working directory elsewhere: the shipped file by its full path
+    assert suites.input_path({"suite": "general"}, "x") == str(REPO / "suites" / "general.yaml")

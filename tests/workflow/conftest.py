@@ -26,5 +26,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd)]
     cmd += ["--configfile", str(TINY), "--cores", "2"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    (wd / "console.txt").write_text(p.stdout + p.stderr)  # what a user sees (test_workflow checks it)
     assert p.returncode == 0, p.stderr[-3000:]
     return wd

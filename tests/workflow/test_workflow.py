@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,23 @@ def job_stats(out: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def run(tiny_run) -> Path:
     return tiny_run  # one full run per session (conftest.py), shared with the browser test
+
+
+# What the jobs' libraries print on their own (torch, torchao, GPTQModel, llama.cpp, the trainer): rule logs only.
+NOISE = ("_pytree", "Failed to load", "GPT-QModel", "torchao", "Python GIL", "llama_model_loader", "'train_loss'")
+
+
+def _noise(console: str) -> list[str]:
+    return [line for line in console.splitlines() if any(n in line for n in NOISE) or "Warning" in line]
+
+
+def test_the_console_shows_snakemake_not_the_jobs_libraries(run):
+    """finetune, merge, gptq, quantize and bench jobs: their libraries' output is in their logs."""
+    assert not _noise((run / "console.txt").read_text())
+    from quantflow.gptq import installed
+
+    if installed():  # peft imports GPTQModel in the fine-tune: its banner is kept in that job's log
+        assert "GPT-QModel" in (run / "results" / "tiny" / "lora" / "logs" / "finetune.log").read_text()
 
 
 def test_report_has_one_row_per_variant(run):
@@ -212,21 +230,19 @@ def test_editing_a_library_module_reruns_the_stages_that_import_it(run, tmp_path
     The test edits a copy of the workflow (the hashes cover the package beside the Snakefile), never
     the source tree itself; an unedited copy elsewhere plans nothing (hashes ignore the location).
     """
-    import shutil
 
     def copy_workflow(dest: Path) -> Path:
         dest.mkdir()
         for name in ("Snakefile", "config.yaml"):
             shutil.copy2(REPO / name, dest / name)
-        for name in ("workflow", "scripts", "quantflow"):
+        for name in ("workflow", "scripts", "quantflow", "profiles"):
             shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        (dest / ".venv").symlink_to(REPO / ".venv")  # the same llama.cpp build (its commit is a param)
         return dest
 
     def dry_run(wf: Path) -> subprocess.CompletedProcess:
-        # the same llama.cpp folder as the first run's, so that path param is unchanged
         cmd = [sys.executable, "-m", "snakemake", "-s", str(wf / "Snakefile"), "-d", str(run)]
         cmd += ["--configfile", str(TINY), "--cores", "2", "-n"]
-        cmd += ["--config", f"llama_cpp_dir={REPO / '.venv' / 'llama.cpp'}"]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
     untouched = dry_run(copy_workflow(tmp_path / "same"))
@@ -242,6 +258,49 @@ def test_editing_a_library_module_reruns_the_stages_that_import_it(run, tmp_path
     # hf_bench.py is imported by the bench script alone (GGUF variants included: one script): every bench
     # job of both the base model and the fine-tune reruns, and the report after them; nothing upstream
     assert job_stats(p.stdout) == {"bench": 2 * n_bench, "similarity": 2, "report": 1, "all": 1}
+
+    # A script's own bytes count too (Snakemake's own trigger, its modification time, is off: see the profile)
+    edited = copy_workflow(tmp_path / "script-edited")
+    with open(edited / "scripts" / "similarity.py", "a") as f:
+        f.write("\n# an edit that changes the script's bytes\n")
+    p = dry_run(edited)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert job_stats(p.stdout) == {"similarity": 2, "report": 1, "all": 1}
+
+
+def _clone_checkout(dest: Path) -> Path:
+    """What a fresh clone of this commit elsewhere holds: the repository's files, all with new times
+    (tracked and untracked-but-not-ignored, so uncommitted edits count), and its own .venv (here the same
+    one, linked)."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes((REPO / name).read_bytes())
+    (dest / ".venv").symlink_to(REPO / ".venv")
+    return dest
+
+
+def test_a_moved_checkout_with_its_results_reruns_nothing(run, tmp_path):
+    """A clone at another path, with results/, reports/ and .snakemake/ copied over keeping their times
+    (`cp -a`), has nothing to do: no param holds an absolute path, no input is named by one, and the
+    scripts' new modification times trigger nothing."""
+    moved = _clone_checkout(tmp_path / "elsewhere" / "quantflow")
+    for name in ("results", "reports", ".snakemake"):
+        shutil.copytree(run / name, moved / name, symlinks=True)  # copy2: times kept
+    # The experiment as a user keeps it, in config.yaml: the first run's config was tiny.yaml alone (its
+    # working directory has no config.yaml for --configfile to extend).
+    shutil.copyfile(TINY, moved / "config.yaml")
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-n"]
+    p = subprocess.run(cmd, cwd=moved, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "Nothing to be done" in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
 
 
 @pytest.mark.parametrize(
@@ -284,6 +343,7 @@ def test_default_config_dry_run_plans_the_whole_chain(tmp_path):
     ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
+    assert not _noise(p.stdout + p.stderr)  # building the DAG imports no heavy library
     stats = job_stats(p.stdout)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     n_quants = len(cfg["quants"]) + len(cfg["imatrix"]["types"])
