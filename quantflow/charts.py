@@ -159,16 +159,16 @@ def pareto_figure(
     for i, r in enumerate(records):
         xerr = _err(r["decode_tps"], r["decode_tps_lo"], r["decode_tps_hi"])
         yerr = None if is_ref.iloc[i] or is_missing(r["kl_mean_se"]) else [[min(r["kl_mean_se"], ys[i] * 0.9)],
-                                                                            [r["kl_mean_se"]]]  # fmt: skip
+                                                                            [r["kl_mean_se"]]]
         on_front = i in front
         color = FRONT if on_front else OTHER
         bars = ax.errorbar([xs[i]], [ys[i]], xerr=xerr, yerr=yerr, fmt="o", color=color, ms=5 if on_front else 4,
-                           elinewidth=0.8, capsize=2, zorder=3)  # fmt: skip
+                           elinewidth=0.8, capsize=2, zorder=3)
         bars.lines[0].set_gid(f"pt{i}")  # the marker's group, which gets the hover <title>
         gids.append((f"pt{i}", _hover(r)))
         if r["variant"] == chosen:
             ax.plot([xs[i]], [ys[i]], "o", ms=11, mfc="none", mec=CHOSEN, mew=1.6, zorder=4,
-                    label=f"recommended: {_label(chosen)}")  # fmt: skip
+                    label=f"recommended: {_label(chosen)}")
     order = sorted(front, key=lambda i: xs[i])
     if len(order) > 1:
         ax.plot(xs[order], ys[order], color=FRONT, linewidth=1.1, alpha=0.7, zorder=2, label="Pareto front")
@@ -215,7 +215,7 @@ def _place_labels(fig: Figure, ax: Any, texts: Sequence[tuple[float, float, str]
         best = None
         for dx, dy in offsets + [(dx * 2, dy * 2) for dx, dy in offsets]:
             ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7,
-                              ha="left" if dx >= 0 else "right", color="0.15", zorder=5)  # fmt: skip
+                              ha="left" if dx >= 0 else "right", color="0.15", zorder=5)
             box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
             if inside and not any(box.overlaps(p) for p in placed):
@@ -267,7 +267,7 @@ def categories_svg(
         for j in range(len(cols)):
             v = values[i, j]
             ax.text(j, i, "–" if math.isnan(v) else f"{v:.0f}", ha="center", va="center", fontsize=7,
-                    color="white" if v > 60 else "0.1")  # fmt: skip
+                    color="white" if v > 60 else "0.1")
             cell = Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, linewidth=0, gid=f"cell{i}-{j}")
             ax.add_patch(cell)
             extra = (detail or {}).get((variants[i], categories[cols[j]]))

@@ -95,7 +95,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("tasks", "Retention %", lambda r: na(r["retention"], ".0f", scale=100)),
     Column("tasks", "Flips lost / gained", _flips),
     Column("tasks", "McNemar p vs f16", lambda r: p_value(r["mcnemar_p"])),
-)  # fmt: skip
+)
 
 
 def category_column_specs(df: pd.DataFrame) -> list[Column]:

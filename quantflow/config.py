@@ -269,7 +269,7 @@ def _gpu_errors(cfg: dict) -> list[str]:
 # llama.cpp alone take more; a CUDA context takes hundreds), and no prompt is answered end to end in under 1 ms.
 # Values there are almost surely in GB / seconds.
 UNIT_FLOORS = {"ram_budget_mb": (16, "MiB", "GB", 1024), "vram_budget_mb": (16, "MiB", "GB", 1024),
-               "latency_target_ms": (1, "ms", "s", 1000)}  # fmt: skip
+               "latency_target_ms": (1, "ms", "s", 1000)}
 
 
 def _budget_unit_errors(report: dict) -> list[str]:
@@ -290,7 +290,7 @@ _UNITS = {
     "_mb": {"b": 1 / 2**20, "kb": 1 / 1024, "kib": 1 / 1024, "mb": 1, "mib": 1, "m": 1, "gb": 1024, "gib": 1024,
             "g": 1024, "tb": 2**20, "tib": 2**20},
     "_ms": {"us": 1e-3, "ms": 1, "s": 1000, "sec": 1000, "m": 60000, "min": 60000},
-}  # fmt: skip
+}
 
 
 def unit_hint(key: str, value) -> str | None:

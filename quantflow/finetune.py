@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import shutil
 import time
 from pathlib import Path
 
 from .demo import save_tokenizer
+from .memory import peak_rss_mb
 
 log = logging.getLogger(__name__)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set of this process so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 METHODS = ("lora", "qlora8", "qlora4", "full")

@@ -159,7 +159,7 @@ def quantize(
     t0 = time.perf_counter()
     model = GPTQModel.load(str(src), qcfg, device=device, dtype=torch.float32)
     log.info("GPTQ %d-bit, group %d, desc_act %s on %s: %d calibration samples", BITS, s["group_size"],
-             s["desc_act"], device, len(calibration))  # fmt: skip
+             s["desc_act"], device, len(calibration))
     with _stats_dir():
         model.quantize(calibration, batch_size=1)
     with atomic_path(out, directory=True) as tmp:
@@ -168,9 +168,9 @@ def quantize(
     seconds = time.perf_counter() - t0
     del model
     summary = {**checkpoint_info(out), "settings": s, "samples": len(calibration), "device": device,
-               "seconds": round(seconds, 3)}  # fmt: skip
+               "seconds": round(seconds, 3)}
     log.info("GPTQ checkpoint %s: %d quantized linears, %d bytes, %.1f s", out, summary["quantized_linears"],
-             summary["bytes"], seconds)  # fmt: skip
+             summary["bytes"], seconds)
     return summary
 
 

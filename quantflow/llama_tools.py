@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
 import tempfile
 from pathlib import Path
 
 from . import procs
+from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def llama_bench(llama_cpp_dir, gguf, threads: int, n_prompt: int, n_gen: int, re
             [str(tool(llama_cpp_dir, "llama-bench")), "-m", str(gguf), "-t", str(threads), "-p", str(p),
              "-n", str(n), "-d", str(d), "-r", str(reps), "-o", "json"],
             capture_output=True, text=True, timeout=1800, check=False,
-        )  # fmt: skip
+        )
         if out.returncode != 0:
             raise RuntimeError(f"llama-bench failed (exit {out.returncode}): {out.stderr.strip()[-300:]}")
         records += json.loads(out.stdout)
@@ -113,7 +113,7 @@ def llama_perplexity(
     With ``save_base`` it only writes the base logits: in that mode it prints no final estimate.
     """
     cmd = [str(tool(llama_cpp_dir, "llama-perplexity")), "-m", str(gguf), "-f", str(text_file), "-c", str(n_ctx),
-           "-b", str(n_ctx), "--chunks", str(chunks), "-t", str(threads)]  # fmt: skip
+           "-b", str(n_ctx), "--chunks", str(chunks), "-t", str(threads)]
     if save_base:
         cmd += ["--kl-divergence-base", str(save_base)]
     if kl_base:
@@ -131,11 +131,9 @@ def llama_perplexity(
 
 def imatrix(llama_cpp_dir, gguf, calib_file, out, n_ctx: int, chunks: int, threads: int) -> None:
     """Importance matrix of `gguf` over the calibration text, written atomically to `out`."""
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.partial{out.suffix}")
-    _run([str(tool(llama_cpp_dir, "llama-imatrix")), "-m", str(gguf), "-f", str(calib_file), "-o", str(tmp),
-          "-c", str(n_ctx), "-b", str(n_ctx), "--chunks", str(chunks), "-t", str(threads)])  # fmt: skip
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        _run([str(tool(llama_cpp_dir, "llama-imatrix")), "-m", str(gguf), "-f", str(calib_file), "-o", str(tmp),
+              "-c", str(n_ctx), "-b", str(n_ctx), "--chunks", str(chunks), "-t", str(threads)])
 
 
 def quantize(llama_cpp_dir, src, dst, opts: dict, threads: int, imatrix=None) -> str:

@@ -225,7 +225,7 @@ def _refuse(what: str, parts: dict[str, int], doing: str, fix: str, available: i
 def check_merge_memory(
     base_dir: str | Path, adapter_dir: str | Path, dtype: str, method: str, n_tokens: int,
     available: int | None = None,
-) -> int:  # fmt: skip
+) -> int:
     """Raise InsufficientMemory (one line: both numbers and what to do) unless the merge fits; return the need."""
     numel, _ = hf_numel(base_dir)
     cfg = _config(base_dir)
@@ -238,7 +238,7 @@ def check_merge_memory(
         "mem_mb for a cluster)"
     )
     return _refuse(f"merge into {base_dir} ({_params(numel)} parameters, {dtype})", parts, "to merge", fix,
-                   available)  # fmt: skip
+                   available)
 
 
 def check_convert_memory(hf_dir: str | Path, available: int | None = None) -> int:
@@ -246,4 +246,4 @@ def check_convert_memory(hf_dir: str | Path, available: int | None = None) -> in
     numel, largest = hf_numel(hf_dir)
     fix = "run the conversion where more memory is free (stop other jobs, or a larger node)"
     return _refuse(f"convert {hf_dir} ({_params(numel)} parameters)", convert_need(largest),
-                   "to convert", fix, available)  # fmt: skip
+                   "to convert", fix, available)

@@ -97,7 +97,7 @@ def tolerance(dtype: str, want) -> dict:
     scale = max(1.0, float(want.abs().max()))
     k_max, k_mean = TOLERANCE_EPS[dtype]
     return {"dtype": dtype, "eps": eps, "logit_scale": scale, "max_abs_dlogit": k_max * eps * scale,
-            "mean_abs_dlogit": k_mean * eps * scale, "eps_factors": {"max": k_max, "mean": k_mean}}  # fmt: skip
+            "mean_abs_dlogit": k_mean * eps * scale, "eps_factors": {"max": k_max, "mean": k_mean}}
 
 
 def is_tied(model) -> bool:
@@ -259,7 +259,7 @@ def merge_checked(
 def merge_job(
     base_dir: str | Path, adapter_dir: str | Path, heldout: str | Path, hf_out: str | Path, check_out: str | Path,
     method: str, meta: dict,
-) -> dict:  # fmt: skip
+) -> dict:
     """The merge rule: the merged directory and its check's JSON appear only when the check passed."""
     from .atomic import atomic_path, write_json
 

@@ -164,7 +164,7 @@ def quantize(src: str | Path, dst: str | Path, opts: dict, threads: int, llama_c
         log.warning(
             "%s: llama.cpp fell back to other types for %d tensor(s), e.g. %s; effective %.2f bits/weight",
             ftype, plan["n_fallback"], plan["fallbacks"][0]["tensor"], plan["bits_per_weight"],
-        )  # fmt: skip
+        )
     counts = {k: v["tensors"] for k, v in plan["types"].items()}
     log.info("%s: %.2f bits/weight, types %s", dst, plan["bits_per_weight"], counts)
     return plan

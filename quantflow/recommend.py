@@ -169,7 +169,7 @@ def _constrained_entry(
     if chosen.empty:
         why, closest, misses = _why_none(ranked, applied)
         return _entry(kind, label, None, _join_clauses(why, na_part), constraint=constraint,
-                      closest=closest, misses=misses)  # fmt: skip
+                      closest=closest, misses=misses)
     row = chosen.iloc[0]
     # Faster rows are those ranked above the chosen one; each was excluded by some constraint.
     faster = ranked.iloc[: ranked.index.get_loc(row.name)]
@@ -198,7 +198,7 @@ def _constrained_entry(
             bound_part = f"bound by the {budget.name}: excludes faster {notes}"
     runner_up = str(chosen.iloc[1]["variant"]) if len(chosen) > 1 else None
     return _entry(kind, label, row, _join_clauses(why, bound_part, na_part), constraint=constraint,
-                  bound_by=list(bound), runner_up=runner_up)  # fmt: skip
+                  bound_by=list(bound), runner_up=runner_up)
 
 
 def _ranked(group: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.DataFrame:

@@ -113,7 +113,7 @@ GLOSSARY: tuple[dict[str, str], ...] = (
      "how": "Test questions the variant gets wrong although the f16 reference of the same "
             "model / fine-tune gets them right (lost), and the reverse (gained). Accuracy can "
             "stay equal while answers flip both ways."},
-)  # fmt: skip
+)
 
 
 
@@ -216,7 +216,7 @@ def _answers_view(group: Mapping[str, Any]) -> dict[str, Any]:
         [row["id"], row["category"] or MISSING, row["prompt"], row["expected"], md(row["reference"]),
          *(md(c) for c in row["cells"])]
         for row in group["rows"]
-    ]  # fmt: skip
+    ]
     rows = [{**row, "slug": _slug(row["category"] or "none")} for row in group["rows"]]
     summary_rows = [
         (s["variant"], MISSING if s["lost"] is None else s["lost"], MISSING if s["gained"] is None else s["gained"])
@@ -323,4 +323,4 @@ def _problem_rows(df: pd.DataFrame) -> list[tuple[str, str, str, str, str]]:
         (r["model"], r["ft"], r["variant"], r["status"],
          "(no reason given)" if is_missing(r["reason"]) else str(r["reason"]))
         for r in bad.to_dict("records")
-    ]  # fmt: skip
+    ]

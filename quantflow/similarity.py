@@ -114,7 +114,7 @@ def score(results: Sequence[Mapping], reference: Sequence[Mapping], threads: int
                                                                 variants[r["variant"]]["similarity_min"])),
             len(got),
             sum(1 for x in got if x == 1.0),
-        )  # fmt: skip
+        )
     return {"similarity_model": MODEL_NAME, "variants": variants}
 
 

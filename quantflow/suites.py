@@ -107,7 +107,7 @@ def _item(it, template: str, where: str, strict: bool) -> dict:
     if not str(prompt).strip():
         raise SuiteError(f"{where}: empty prompt")
     return {"id": str(it["id"]), "category": str(it["category"]), "prompt": str(prompt), "answer": answer,
-            "checker": checker}  # fmt: skip
+            "checker": checker}
 
 
 def input_path(model: dict, default: str) -> str:

@@ -45,7 +45,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "python_vs_engine_tg_lo", "python_vs_engine_tg_hi", "bandwidth_fraction",
     "ppl_se", "kl_mean_se", "kl_p99_lo", "kl_p99_hi", "top1_se",
     "accuracy_lo", "accuracy_hi", "mcnemar_p",
-)  # fmt: skip
+)
 #: Prefix of the per-category accuracy columns that follow RESULT_COLUMNS (``acc_math``, ...).
 CATEGORY_PREFIX = "acc_"
 

@@ -34,12 +34,12 @@ try:  # one variant's failure is recorded as its result (status failed, why), ne
         from quantflow.hf_bench import run_hf_variant
 
         result = run_hf_variant(sm.input.model, variant, sm.input.reference, test, prompts, sm.params.bench, threads,
-                                dict(meta))  # fmt: skip
+                                dict(meta))
     else:
         from quantflow.bench import run_variant
 
         result = run_variant(sm.input.model, sm.input.reference, test, prompts, sm.params.bench, threads, dict(meta),
-                             llama_cpp_dir=llama_cpp)  # fmt: skip
+                             llama_cpp_dir=llama_cpp)
     if result["format"] == "gguf":  # what llama.cpp wrote, tensor by tensor (f16: read from the file)
         result["file"]["plan"] = gguf_plan(sm.input.model, sm.input.plan or None, sm.params.quant)
 except Exception as e:  # noqa: BLE001 - SIGKILL and Ctrl-C are not caught: those jobs are redone next run

@@ -65,7 +65,7 @@ def build(version: str, sdist_cache: Path, build_cache: Path, dest: Path) -> Pat
         log_file = root / "build.log"
         log.info("compiling llama-cpp-python %s with llama.cpp's tools (a few minutes; log: %s)", version, log_file)
         cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-w", str(wheels),
-               f"--config-settings=build-dir={build_dir}", str(sdist)]  # fmt: skip
+               f"--config-settings=build-dir={build_dir}", str(sdist)]
         env = dict(os.environ, CMAKE_ARGS=CMAKE_ARGS)
         with open(log_file, "w") as f:
             proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)

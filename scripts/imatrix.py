@@ -13,4 +13,4 @@ to_file(sm.log[0])
 llama_cpp = resolve_dir(sm.params.llama_cpp_dir, Path(sm.scriptdir).parent)  # relative = to the repository
 s = sm.params.settings
 imatrix(llama_cpp, sm.input.gguf, sm.input.calibration, sm.output.imatrix, s["n_ctx"], s["chunks"],
-        sm.threads)  # fmt: skip
+        sm.threads)

@@ -157,7 +157,7 @@ TRAINING = [
      "total_params": 50_000_000, "trainable_pct": 2.4, "train_loss": 1.23, "eval_loss": 1.31,
      "eval_ppl": 3.71, "mean_token_accuracy": 0.61, "wall_s": 123.4, "steps": 200,
      "loss_curve": [[10, 2.9], [50, 2.1], [100, 1.6], [150, 1.35], [200, 1.23]]},
-]  # fmt: skip
+]
 RUN = {
     "config_hash": "cafe1234",
     "date": "2025-01-01",

@@ -70,7 +70,7 @@ def build(kind: str, tokenizer_dir: Path, out: Path, layers: int = 2, seed: int 
             vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=layers,
             num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0,
             rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151643,
-        )  # fmt: skip
+        )
         model = Qwen2ForCausalLM(cfg)
     else:
         cfg = LlamaConfig(
@@ -78,7 +78,7 @@ def build(kind: str, tokenizer_dir: Path, out: Path, layers: int = 2, seed: int 
             num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=8192,
             rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=128000,
             eos_token_id=128001,
-        )  # fmt: skip
+        )
         model = LlamaForCausalLM(cfg)
     with torch.no_grad():  # a larger scale than the 0.02 init, so logits (and quantization error) are not flat
         for p in model.parameters():

@@ -13,11 +13,7 @@ from quantflow.config import (
 from quantflow.gptq import installed as gptq_installed
 
 try:
-    config.update(
-        load_and_validate(
-            config, workflow.source_path("schemas/config.schema.yaml"), Path.cwd()
-        )
-    )
+    config.update(load_and_validate(config, workflow.source_path("schemas/config.schema.yaml"), Path.cwd()))
 except ConfigError as e:
     sys.exit(f"quantflow: {e}")
 for _warning in model_warnings(config, Path.cwd()):
@@ -65,9 +61,7 @@ def code_hash(script):
     """
     base = Path(workflow.basedir)
     entry = base / "scripts" / f"{script}.py"
-    return provenance.files_hash(
-        [entry, *provenance.imported_modules(entry, base / "quantflow")]
-    )
+    return provenance.files_hash([entry, *provenance.imported_modules(entry, base / "quantflow")])
 
 
 def data_file(model, key):
@@ -126,7 +120,7 @@ def get_variant_model(wildcards):
 
 
 def get_plan(wildcards):
-    """A quantized GGUF variant's plan (rule quantize: each tensor's real type, fallbacks and why)."""
+    """A quantized GGUF variant's plan (from the quantize rule: each tensor's real type, fallbacks and why)."""
     if variants.is_hf(wildcards.variant) or variants.is_reference(wildcards.variant):
         return []
     quant = variants.gguf_quant(wildcards.variant)

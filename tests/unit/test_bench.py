@@ -161,7 +161,7 @@ def trained_f16(tiny_data, tiny_tokenizer, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("trained")
     params = dict(hidden_size=256, intermediate_size=512, layers=2, heads=4, head_dim=64, max_position_embeddings=256,
-                  steps=30, batch_size=8, seq_len=64, learning_rate=3e-3, warmup_steps=4)  # fmt: skip
+                  steps=30, batch_size=8, seq_len=64, learning_rate=3e-3, warmup_steps=4)
     info = build_demo_base(
         tiny_data["corpus"], tiny_data["heldout"], d / "hf", tiny_tokenizer, params, seed=0, threads=2
     )

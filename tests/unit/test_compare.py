@@ -31,7 +31,7 @@ def make_result(ft: str, variant: str, *, speed_factor: float = 1.0, status: str
     size_mb, tps, kl, acc = VARIANTS[variant]
     res = factories.make_result(ft, variant, size_mb=size_mb, decode_tps=tps * speed_factor, kl_mean=kl,
                                 accuracy=acc, model="tiny", status=status, ttft_s=0.05 / speed_factor,
-                                latency_s=0.5 / speed_factor, spread=0.03, n=20, ci=0.01)  # fmt: skip
+                                latency_s=0.5 / speed_factor, spread=0.03, n=20, ci=0.01)
     if status == "ok":
         res["quality"]["similarity_mean"] = 1 - 2 * kl
     return res
@@ -237,7 +237,7 @@ def test_a_tree_takes_its_similarity_from_the_tables(tmp_path: Path) -> None:
         del r["quality"]["similarity_mean"]  # bench JSONs carry none: the similarity rule scores them
     tree = write_tree(tmp_path / "results", results)
     table = {"model": "tiny", "ft": "lora", "similarity_model": "all-MiniLM-L6-v2",
-             "variants": {"gguf-Q4_K_M": {"similarity_mean": 0.8, "similarity_min": 0.5, "answers": {}}}}  # fmt: skip
+             "variants": {"gguf-Q4_K_M": {"similarity_mean": 0.8, "similarity_min": 0.5, "answers": {}}}}
     (tree / "tiny" / "lora" / "similarity.json").write_text(json.dumps(table), encoding="utf-8")
     loaded = {(r["ft"], r["variant"]): r for r in load_tree(tree)}
     assert loaded[("lora", "gguf-Q4_K_M")]["quality"]["similarity_mean"] == 0.8

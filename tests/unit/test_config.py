@@ -162,7 +162,7 @@ def test_widths_that_do_not_fit_warn_and_never_fail(tiny_hf, tiny_data, tmp_path
     from quantflow.config import model_warnings
 
     d = _hf_copy(tiny_hf, tmp_path, hidden_size=896, intermediate_size=4864, num_attention_heads=14, head_dim=64,
-                 tie_word_embeddings=True)  # fmt: skip
+                 tie_word_embeddings=True)
     cfg = copy.deepcopy(DEFAULT)
     cfg["models"].append(_local_model(d, _data(tiny_data)))
     cfg = validate(cfg)

@@ -50,9 +50,9 @@ def test_deploy_folder_serves_the_measured_file(tiny_f16: Path, tmp_path: Path) 
 
     # The file answers when loaded the way the Modelfile says.
     llm = Llama(model_path=str(folder / modelfile["from"]), n_ctx=int(params["num_ctx"][0]),
-                n_threads=int(params["num_thread"][0]), seed=0, verbose=False)  # fmt: skip
+                n_threads=int(params["num_thread"][0]), seed=0, verbose=False)
     out = llm.create_completion("Question: What is 2 plus 3?\nAnswer:", max_tokens=8, temperature=0.0, top_k=1,
-                                stop=params["stop"])  # fmt: skip
+                                stop=params["stop"])
     assert out["usage"]["completion_tokens"] >= 1 and isinstance(out["choices"][0]["text"], str)
 
 

@@ -60,7 +60,7 @@ def _check_gpu_result(r: dict) -> None:
 
 
 @pytest.mark.parametrize(("variant", "layer", "dtype"), [("hf-bnb8", "Linear8bitLt", torch.int8),
-                                                         ("hf-nf4", "Linear4bit", torch.uint8)])  # fmt: skip
+                                                         ("hf-nf4", "Linear4bit", torch.uint8)])
 def test_bitsandbytes_quantizes_on_the_gpu(tiny_hf, variant, layer, dtype):
     model, tok = hf_bench.load_hf(tiny_hf, variant, threads=2)
     lin = model.model.layers[0].mlp.down_proj
@@ -76,7 +76,7 @@ def test_bench_on_the_gpu(tiny_hf, reference, tiny_data, variant):
     r = hf_bench.run_hf_variant(tiny_hf, variant, reference, test, prompts, CFG, 2, META)
     _check_gpu_result(r)
     log.info("%s on %s: decode %.0f tok/s, peak VRAM %.0f MiB, KL %.2e", variant, r["device"],
-             r["speed"]["decode_tps"]["median"], r["memory"]["peak_vram_mb"], r["quality"]["kl_mean"])  # fmt: skip
+             r["speed"]["decode_tps"]["median"], r["memory"]["peak_vram_mb"], r["quality"]["kl_mean"])
     if variant == "hf-fp32":
         assert r["quality"]["kl_mean"] < 1e-3  # the f16 reference, computed on the CPU by llama.cpp
 
@@ -109,7 +109,7 @@ def test_gptq_runs_with_a_gpu_kernel(gptq_checkpoint, tiny_hf, reference, tiny_d
 @pytest.mark.parametrize("method", ["qlora4", "qlora8"])
 def test_qlora_trains_on_the_gpu(tiny_hf, tiny_data, tmp_path, method):
     params = dict(method=method, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
-                  learning_rate=5e-3, steps=4, batch_size=4, max_length=48, warmup_steps=0, seed=11)  # fmt: skip
+                  learning_rate=5e-3, steps=4, batch_size=4, max_length=48, warmup_steps=0, seed=11)
     out = tmp_path / "adapter"
     m = train(str(tiny_hf), str(tiny_data["sft_train"]), str(tiny_data["sft_eval"]), str(out), params, threads=2)
     assert m["device"] == "cuda" and m["steps"] == 4 and m["eval_loss"] > 0

@@ -15,7 +15,7 @@ from quantflow import merge as merge_mod
 from quantflow.merge import MergeCheckError, compare, heldout_ids, logits, merge_checked, merge_job, problems
 
 LORA = dict(method="lora", r=4, alpha=8, dropout=0.0, learning_rate=5e-3, steps=3, batch_size=4, max_length=48,
-            warmup_steps=0, seed=11)  # fmt: skip
+            warmup_steps=0, seed=11)
 
 
 def tiny_model(tokenizer_dir: Path, out: Path, tied: bool, dtype=torch.float32) -> Path:
@@ -28,7 +28,7 @@ def tiny_model(tokenizer_dir: Path, out: Path, tied: bool, dtype=torch.float32) 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
-                      tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, pad_token_id=3)  # fmt: skip
+                      tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, pad_token_id=3)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -85,7 +85,7 @@ def _ids(base: Path, heldout: Path):
 @pytest.mark.parametrize("kind", ["trl_lora_on_embed_tokens", "lora_on_lm_head", "trained_head_copy"])
 def test_tied_model_with_an_adapter_on_its_embeddings_survives_save_and_reload(
     kind, tied_hf, tiny_data, tmp_path
-):  # fmt: skip
+):
     from transformers import AutoModelForCausalLM
 
     from quantflow.finetune import train
@@ -101,7 +101,7 @@ def test_tied_model_with_an_adapter_on_its_embeddings_survives_save_and_reload(
     out = tmp_path / "merged"
     check = merge_checked(tied_hf, adapter, tiny_data["heldout"], out)
     assert check["tied"] == {"base": True, "merged": False, "untied_on_purpose": True, "reloaded": False,
-                             "config": False}  # fmt: skip
+                             "config": False}
     assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
     saved = _saved_tensors(out)
     assert not torch.equal(saved["lm_head.weight"], saved["model.embed_tokens.weight"])
@@ -117,7 +117,7 @@ def test_a_tied_model_stays_tied_when_the_adapter_leaves_its_embeddings(tied_hf,
     out = tmp_path / "merged"
     check = merge_checked(tied_hf, adapter, tiny_data["heldout"], out)
     assert check["tied"] == {"base": True, "merged": True, "untied_on_purpose": False, "reloaded": True,
-                             "config": True}  # fmt: skip
+                             "config": True}
     assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
     assert "lm_head.weight" not in _saved_tensors(out)  # one matrix on disk, as in the base
 
@@ -151,7 +151,7 @@ def test_a_trained_head_saved_under_a_tied_config_is_caught(tied_hf, tiny_data, 
     merged.save_pretrained(tmp_path / "merged")
     got, tied_reloaded = merge_mod.reloaded_logits(tmp_path / "merged", "float32", ids)
     tied = {"base": True, "merged": False, "untied_on_purpose": False, "reloaded": tied_reloaded,
-            "config": merge_mod.config_tied(tmp_path / "merged")}  # fmt: skip
+            "config": merge_mod.config_tied(tmp_path / "merged")}
     wrong = problems(compare(got, want), merge_mod.tolerance("float32", want), tied)
     assert any("config.json says tie_word_embeddings: true" in w for w in wrong)
     # the same save with the config telling the truth passes

@@ -102,7 +102,7 @@ def test_strict_types_turns_a_fallback_into_a_failure(odd_f16, tmp_path):
 def test_default_type_and_fallback_rules_follow_llama_cpp():
     assert [default_type(t) for t in ("Q4_K_M", "Q3_K_L", "Q2_K_S", "Q8_0", "IQ3_M", "IQ2_M", "IQ4_XS")] == [
         "Q4_K", "Q3_K", "Q2_K", "Q8_0", "IQ3_S", "IQ2_S", "IQ4_XS"
-    ]  # fmt: skip
+    ]
     assert shape_fallback(896, "Q4_K") == "Q5_0"
     assert shape_fallback(896, "Q6_K") == "Q8_0"
     assert shape_fallback(896, "IQ3_S") == "IQ4_NL"

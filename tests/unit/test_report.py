@@ -217,12 +217,12 @@ def test_render_with_no_results_at_all(tmp_path: Path) -> None:
 
 def test_training_table_shows_every_training_metric(tmp_path: Path) -> None:
     full = [{**TRAINING[0], "model_size_mb": 58.5, "device": "cpu", "train_samples_per_s": 80.5,
-             "eval_samples_per_s": 210.25, "peak_rss_mb": 1018.0}]  # fmt: skip
+             "eval_samples_per_s": 210.25, "peak_rss_mb": 1018.0}]
     report.render(all_results(), full, RUN, tmp_path / "r", quality_floor_kl=0.05)
     md = (tmp_path / "r" / "summary.md").read_text(encoding="utf-8")
     section = md.split("## Training", 1)[1].split("\n## ", 1)[0]
     for header, value in [("Model in memory MB", "58.5"), ("Train samples/s", "80.50"),
-                          ("Eval samples/s", "210.25"), ("Peak RSS MB", "1018"), ("Device", "cpu")]:  # fmt: skip
+                          ("Eval samples/s", "210.25"), ("Peak RSS MB", "1018"), ("Device", "cpu")]:
         assert header in section and value in section, header
 
 

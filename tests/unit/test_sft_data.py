@@ -26,7 +26,7 @@ NUMERIC = [
 ]
 
 PARAMS = dict(method="lora", r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], learning_rate=5e-3,
-              steps=2, batch_size=4, max_length=48, warmup_steps=0, seed=5)  # fmt: skip
+              steps=2, batch_size=4, max_length=48, warmup_steps=0, seed=5)
 
 
 def _csv(path: Path, rows, header=("prompt", "completion")) -> Path:

@@ -56,7 +56,7 @@ def test_reference_answers_and_similarity_of_a_quantized_variant(tiny_f16, tiny_
     for name, path in (("f16", tiny_f16), ("Q3_K_M", tmp_path / "q.gguf")):
         rows, acc = bench.answer_tasks(path, items, CFG, threads=2)
         r = {"schema_version": 1, "model": "t", "ft": "base", "variant": f"gguf-{name}", "format": "gguf",
-             "status": "ok", "provenance": {}, "quality": acc, "answers": rows}  # fmt: skip
+             "status": "ok", "provenance": {}, "quality": acc, "answers": rows}
         ref_answers = json.loads(ref_path.read_text())["answers"]
         results[name] = similarity.merge(r, similarity.score([r], ref_answers, threads=2))
         validate(r)
@@ -69,7 +69,7 @@ def test_reference_answers_and_similarity_of_a_quantized_variant(tiny_f16, tiny_
     changed = [a for a, r in zip(results["Q3_K_M"]["answers"], ref_rows, strict=True) if a["answer"] != r["answer"]]
     assert all(a["similarity"] < 1.0 - 1e-6 for a in changed)
     print(f"Q3_K_M vs f16 answers: mean {q3['similarity_mean']:.4f}, min {q3['similarity_min']:.4f}, "
-          f"{len(changed)}/{len(sims)} changed")  # fmt: skip
+          f"{len(changed)}/{len(sims)} changed")
 
 
 def test_failed_results_are_left_alone():
@@ -85,7 +85,7 @@ def test_score_and_merge_one_table_for_many_results(model, tmp_path):
     def result(variant, answers, status="ok"):
         rows = [{"id": i, "answer": a} for i, a in answers]
         return {"schema_version": 1, "model": "m", "ft": "base", "variant": variant, "format": "gguf",
-                "status": status, "provenance": {}, "quality": {}, "answers": rows}  # fmt: skip
+                "status": status, "provenance": {}, "quality": {}, "answers": rows}
 
     same = result("gguf-f16", [("1", "Paris"), ("2", "12"), ("3", "the dog runs")])
     diff = result("gguf-Q3_K_M", [("1", "Paris"), ("2", "13"), ("3", "a dog is running"), ("9", "x")])
@@ -93,7 +93,7 @@ def test_score_and_merge_one_table_for_many_results(model, tmp_path):
     table = similarity.score([same, diff, failed], ref, model=model)
     assert set(table["variants"]) == {"gguf-f16", "gguf-Q3_K_M"}  # nothing for a failed variant
     assert table["variants"]["gguf-f16"] == {"similarity_mean": 1.0, "similarity_min": 1.0,
-                                            "answers": {"1": 1.0, "2": 1.0, "3": 1.0}}  # fmt: skip
+                                            "answers": {"1": 1.0, "2": 1.0, "3": 1.0}}
     q3 = table["variants"]["gguf-Q3_K_M"]
     assert q3["answers"]["1"] == 1.0 and 0.5 < q3["answers"]["3"] < 1.0 and "9" not in q3["answers"]
     assert q3["similarity_mean"] == pytest.approx(np.mean(list(q3["answers"].values())))

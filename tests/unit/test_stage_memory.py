@@ -53,7 +53,7 @@ def sparse_model(out: Path, tokenizer_dir: Path, dtype: str = "BF16", **shape) -
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": v, "hidden_size": h,
            "intermediate_size": f, "num_hidden_layers": s["layers"], "num_attention_heads": 32,
            "num_key_value_heads": 32, "tie_word_embeddings": False,
-           "dtype": {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[dtype]}  # fmt: skip
+           "dtype": {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[dtype]}
     (out / "config.json").write_text(json.dumps(cfg))
     for t in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
         if (tokenizer_dir / t).exists():
@@ -172,7 +172,7 @@ def test_a_batch_job_counts_its_cgroup_limit_not_the_node(tmp_path):
     # cgroup v1 (this layout: one line per controller), no limit set: nothing to say
     v1 = tmp_path / "v1"
     _files(v1 / "memory" / "jobs" / "a", memory_limit_in_bytes="9223372036854771712", memory_usage_in_bytes="5",
-           memory_stat="total_inactive_file 0\n")  # fmt: skip
+           memory_stat="total_inactive_file 0\n")
     (tmp_path / "cg1").write_text("4:memory:/jobs/a\n1:cpu:/\n0::/\n")
     assert memory.cgroup_room(v1, tmp_path / "cg1") is None
     _files(v1 / "memory" / "jobs" / "a", memory_limit_in_bytes=str(2 * GiB), memory_stat="total_inactive_file 7\n")

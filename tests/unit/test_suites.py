@@ -45,7 +45,7 @@ GENERAL_ANSWERS = {
     "logic-order": ("Carol is the shortest.", "Alice"),
     "logic-sequence": ("32", "24"),
     "logic-family": ("Ann is Cara's grandmother.", "Ann is Cara's aunt."),
-}  # fmt: skip
+}
 
 
 def test_general_suite_loads_with_five_categories():
@@ -98,7 +98,7 @@ def test_demo_test_file_is_a_suite(tiny_data):
          "template"),
         ("items: [unclosed\n", "does not parse"),
     ],
-)  # fmt: skip
+)
 def test_broken_suites_are_refused(tmp_path, text, match):
     p = tmp_path / "s.yaml"
     p.write_text(text)

@@ -30,7 +30,7 @@ def test_sampler_is_na_without_a_gpu():
         sum(range(10_000))
     assert not gpu.available and "NVML" in gpu.reason
     assert gpu.summary() == {"peak_vram_mb": None, "gpu_util_mean_pct": None, "gpu_util_max_pct": None,
-                             "vram_scope": None}  # fmt: skip
+                             "vram_scope": None}
 
 
 @pytest.mark.skipif(not NVML, reason="no GPU / NVIDIA driver here")
@@ -46,7 +46,7 @@ def test_sampler_measures_on_a_gpu():
 RESULT = {
     "schema_version": 1, "model": "m", "ft": "base", "variant": "gguf-Q4_K_M", "format": "gguf", "status": "ok",
     "provenance": {}, "memory": {"peak_rss_mb": 80.0, "use_mmap": False},
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize(

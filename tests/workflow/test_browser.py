@@ -224,6 +224,6 @@ def test_real_report_reads_first_and_lays_out(chromium: str, tiny_run: Path, tmp
         png.unlink(missing_ok=True)
         shot = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'shot'}", "--hide-scrollbars"]
         proc = _run(chromium, *shot, f"--screenshot={png}", f"--window-size={width},{height}",
-                    (tiny_run / "reports" / "index.html").as_uri())  # fmt: skip
+                    (tiny_run / "reports" / "index.html").as_uri())
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert _png_size(png.read_bytes()) == (width, height)

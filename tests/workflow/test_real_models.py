@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 BENCH = {
     "n_ctx": 64, "max_chunks": 2, "topk": 16, "prompt_tokens": 16, "gen_tokens": 8, "warmup": 1,
     "repetitions": 3, "max_repetitions": 3, "max_answer_tokens": 4, "hf": {"gen_tokens": 4, "max_repetitions": 3},
-}  # fmt: skip
+}
 LORA = {"name": "lora", "method": "lora", "r": 4, "alpha": 8, "steps": 2, "batch_size": 2, "max_length": 48}
 
 
@@ -80,9 +80,9 @@ def qwen2_run(qwen2_tokenizer, tiny_data, tmp_path_factory) -> Path:
                                      {"role": "assistant", "content": r["completion"].strip()}]}) + "\n"
             for r in rows[:16]
         )
-    )  # fmt: skip
+    )
     data = {"sft_train": chat, "sft_eval": chat, "heldout": tiny_data["heldout"],
-            "calibration": tiny_data["calibration"], **_suites(tiny_data, d)}  # fmt: skip
+            "calibration": tiny_data["calibration"], **_suites(tiny_data, d)}
     cfg = _config(d, "qwen2", hf, data, ["Q6_K", "Q4_K_M", "Q4_0"], ["hf-nf4"])
     p = snakemake(d / "run", configfile=cfg, timeout=1500)
     assert p.returncode == 0, p.stderr[-4000:]
@@ -134,7 +134,7 @@ def llama3_run(llama3_tokenizer, tiny_data, tmp_path_factory) -> Path:
         w.writerows([r["prompt"], r["completion"]] for r in numeric)
     assert numeric and all(r["completion"].startswith(" ") and r["completion"].strip().isdigit() for r in numeric)
     data = {"sft_train": train, "sft_eval": train, "heldout": tiny_data["heldout"],
-            "calibration": tiny_data["calibration"], **_suites(tiny_data, d)}  # fmt: skip
+            "calibration": tiny_data["calibration"], **_suites(tiny_data, d)}
     cfg = _config(d, "llama3", hf, data, ["Q8_0", "Q4_K_M"], ["hf-gptq4"])
     p = snakemake(d / "run", configfile=cfg, timeout=1500)
     assert p.returncode == 0, p.stderr[-4000:]

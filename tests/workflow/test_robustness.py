@@ -42,7 +42,7 @@ def reduced_config(path: Path) -> Path:
 
 def cmd(wd: Path, cfg: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd), "--configfile",
-            str(cfg), "--cores", "2", *args]  # fmt: skip
+            str(cfg), "--cores", "2", *args]
 
 
 def run(wd: Path, cfg: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -129,7 +129,7 @@ def sha256(path: Path) -> str:
 
 
 QUALITY = ("kl_mean", "kl_median", "kl_p99", "kl_p999", "kl_max", "top1_agreement", "dp_mean", "dp_rms", "ppl",
-           "accuracy", "size_mb", "bits_per_weight")  # fmt: skip
+           "accuracy", "size_mb", "bits_per_weight")
 
 
 def quality_rows(wd: Path) -> dict:

@@ -161,7 +161,7 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
              f"--pid-file={r}/munge/munged.pid", f"--log-file={r}/munge/munged.log", f"--seed-file={r}/munge/seed"],
             ["slurmctld", "-D", "-f", str(self.conf)],
             ["slurmd", "-D", "-f", str(self.conf), "-N", self.host],
-        ]  # fmt: skip
+        ]
         for cmd in daemons:
             log = open(r / f"{cmd[0]}.out", "w")  # noqa: SIM115 - open for the daemon's lifetime, closed in stop()
             self.logs.append(log)
@@ -229,14 +229,14 @@ def small_config(path: Path, gpu_jobs: bool, finetunes: bool = False) -> Path:
 
 def snakemake_cmd(workdir: Path, configfile: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-            "--configfile", str(configfile), *args]  # fmt: skip
+            "--configfile", str(configfile), *args]
 
 
 def slurm_args(cluster: Cluster) -> list[str]:
     """profiles/slurm plus what differs on the test cluster: a job's CPUs (the node's), and status
     queries every second instead of the profile's 40 s first delay (it is paid at every DAG level)."""
     return ["--profile", PROFILE, "--max-threads", str(cluster.cpus),
-            "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1"]  # fmt: skip
+            "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1"]
 
 
 class Background:
@@ -246,7 +246,7 @@ class Background:
         self.log = log
         with open(log, "w") as f:
             self.proc = subprocess.Popen(["timeout", "-k", "10", str(limit), *cmd], stdout=f, stderr=subprocess.STDOUT,
-                                         text=True, **kwargs)  # fmt: skip
+                                         text=True, **kwargs)
 
     def wait(self, timeout: int) -> tuple[int, str]:
         try:
@@ -281,7 +281,7 @@ def runs(cluster, tmp_path_factory):
     gpu_cfg = small_config(tmp / "gpu.yaml", gpu_jobs=True, finetunes=True)
     t0 = time.monotonic()
     slurm = Background(snakemake_cmd(slurm_wd, cfg, *slurm_args(cluster)), 270, tmp / "slurm.log",
-                       cwd=REPO, env=cluster.env)  # fmt: skip
+                       cwd=REPO, env=cluster.env)
     # The local run shares the cores with the SLURM jobs; only speed figures (not compared) suffer.
     local = Background(snakemake_cmd(local_wd, cfg, "--cores", "2"), 240, tmp / "local.log", cwd=REPO)
     local_code, local_out = local.wait(timeout=260)
@@ -290,7 +290,7 @@ def runs(cluster, tmp_path_factory):
     quantized = gpu_wd / "results/tiny/base/gguf/Q4_K_M.gguf"
     mtime = quantized.stat().st_mtime if quantized.exists() else None
     gpu_cmd = snakemake_cmd(gpu_wd, gpu_cfg, *slurm_args(cluster), "--keep-going", "--forcerun", "quantize", "--",
-                            "results/tiny/lora/train_metrics.json", "results/tiny/base/gguf/Q4_K_M.gguf")  # fmt: skip
+                            "results/tiny/lora/train_metrics.json", "results/tiny/base/gguf/Q4_K_M.gguf")
     gpu = run(gpu_cmd, 120, cwd=REPO, env=cluster.env)
     t_gpu = time.monotonic() - t0
     slurm_code, slurm_out = slurm.wait(timeout=290)
@@ -299,7 +299,7 @@ def runs(cluster, tmp_path_factory):
     return dict(
         slurm=(slurm_code, slurm_out), local=(local_code, local_out), gpu=gpu, jobs=cluster.jobs(), cfg=cfg,
         slurm_wd=slurm_wd, local_wd=local_wd, quantized=(quantized, mtime),
-    )  # fmt: skip
+    )
 
 
 def rows(workdir: Path) -> dict[tuple[str, str], dict[str, str]]:
@@ -316,7 +316,7 @@ def test_every_job_ran_as_a_slurm_job(runs, cluster):
     assert all(jobs[i]["state"] == "COMPLETED" and jobs[i]["node"] == cluster.host for i in ids)
     rules = [rule_of(jobs[i]) for i in ids]
     want = {"demo_data": 1, "demo_tokenizer": 1, "demo_base": 1, "convert": 1, "quantize": 1, "reference": 1,
-            "bench": 2, "similarity": 1, "report": 1}  # fmt: skip
+            "bench": 2, "similarity": 1, "report": 1}
     assert {r: rules.count(r) for r in set(rules)} == want
     # Benchmarks had the node to themselves (sbatch --exclusive: no oversubscription, all its CPUs).
     bench = [i for i in ids if rule_of(jobs[i]) == "bench"]

@@ -111,9 +111,9 @@ def test_deploy_folder_serves_the_recommended_file(run):
     params = modelfile["parameters"]
     assert params["num_ctx"] == [str(result["speed"]["n_ctx"])]
     llm = Llama(model_path=str(gguf), n_ctx=int(params["num_ctx"][0]), n_threads=int(params["num_thread"][0]),
-                seed=0, verbose=False)  # fmt: skip
+                seed=0, verbose=False)
     out = llm.create_completion(result["answers"][0]["prompt"], max_tokens=8, temperature=0.0, top_k=1,
-                                stop=params["stop"])  # fmt: skip
+                                stop=params["stop"])
     assert out["usage"]["completion_tokens"] >= 1
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nbase_model: ") and "## Machine" in card
