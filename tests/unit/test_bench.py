@@ -136,7 +136,7 @@ def test_paired_rounds_with_f16_depths_and_llama_bench(tiny_f16, reference, tiny
 
     from quantflow.results import validate
 
-    quantize(tiny_f16, tmp_path / "q4.gguf", {"type": "Q4_K_M"}, threads=2)
+    quantize(tiny_f16, tmp_path / "q4.gguf", {"type": "Q4_K_M"}, 2, LLAMA_CPP_DIR)
     test = read_jsonl(tiny_data["test"])[:3]
     ref_answers, _ = bench.answer_tasks(tiny_f16, test, CFG, threads=2)
     cfg = dict(CFG, depths=[0, 24])
