@@ -324,7 +324,7 @@ def measure_isolated(
 def quality_and_answers(hf_dir: str | Path, variant: str, ref: dict, test: list[dict], cfg: dict, threads: int) -> dict:
     """Quality against the reference, checked answers and the size figures, from one load of the variant."""
     model, tok = load_hf(hf_dir, variant, threads)
-    qual = quality_of(model, ref)
+    qual = quality_of(model, ref, cfg.get("max_chunks"))
     answers, acc = answers_of(model, tok, test, cfg)
     qual.update(acc)
     # bitsandbytes quantizes at load: there is no file of the variant, so its size is the loaded
@@ -373,9 +373,9 @@ class Scores:
             self.scores = self.model(input_ids=x).logits[0].float().cpu().numpy()
 
 
-def quality_of(model, ref: dict[str, np.ndarray]) -> dict:
+def quality_of(model, ref: dict[str, np.ndarray], max_chunks: int | None = None) -> dict:
     """:func:`quantflow.quality.quality_of` on a loaded HF model (one forward per reference chunk)."""
-    return quality.quality_of(Scores(model), ref)
+    return quality.quality_of(Scores(model), ref, max_chunks)
 
 
 def measure_quality(hf_dir: str | Path, variant: str, ref: dict[str, np.ndarray], cfg: dict, threads: int) -> dict:

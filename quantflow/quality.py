@@ -64,15 +64,16 @@ def reference_of(scorer, tokens: list[int], bos: int | None, cfg: dict) -> dict[
     }
 
 
-def quality_of(scorer, ref: dict[str, np.ndarray]) -> dict:
-    """Perplexity, KL, top-1 agreement and delta-p on the reference's own tokens.
+def quality_of(scorer, ref: dict[str, np.ndarray], max_chunks: int | None = None) -> dict:
+    """Perplexity, KL, top-1 agreement and delta-p on the reference's own tokens (its first
+    ``max_chunks`` chunks when given: a slower engine may score a prefix, with a wider error).
 
     Delta-p is the change in the probability of the actual next token against the reference
     (llama-perplexity's "Δp").
     """
     kls, nll, agree, dp = [], [], [], []
     start = 0
-    for ch in ref["chunks"]:
+    for ch in ref["chunks"][:max_chunks]:
         lp, tgt = chunk_logprobs(scorer, [int(t) for t in ch])
         n = len(tgt)
         s = slice(start, start + n)

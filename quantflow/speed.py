@@ -55,6 +55,7 @@ def measure(
     close: Callable[[object], None] = lambda model: None,
     free: Callable[[], None] = lambda: None,
     companions: Sequence[Callable[[object], dict[str, float]]] = (),
+    reload: Callable[[], object] | None = None,
     what: str = "",
 ) -> tuple[dict, dict, dict[str, list[float]]]:
     """Load time, TTFT and latency over the prompt suite, prompt/decode rates; memory. Returns the speed
@@ -74,9 +75,11 @@ def measure(
     cfg["max_repetitions"] is reached; one warm-up round (cfg["warmup"] of them) is discarded.
 
     The baseline RSS is read before the first load (the caller imports its framework first, so
-    model_rss_mb is the model and its buffers); the peak after the warm-up, before any companion runs
-    (a companion may load a second model). GPU telemetry (peak VRAM, utilisation; None without a GPU)
-    is sampled in a background thread throughout.
+    model_rss_mb is the model and its buffers); the peak once the timed answers ran, before the decode
+    rounds (a companion may load a second model). With ``reload`` the model is loaded again that way
+    for the rounds (the GGUF engine decodes from a memory-mapped file there, as llama-bench does, and
+    measures memory without the map). GPU telemetry (peak VRAM, utilisation; None without a GPU) is
+    sampled in a background thread throughout.
     """
     baseline = rss_mb()
     warm, reps, n_gen = cfg["warmup"], cfg["repetitions"], cfg["gen_tokens"]
@@ -100,9 +103,14 @@ def measure(
                 if i >= warm:
                     ttft.append(t_first)
                     lat.append(t_all)
+        peak = peak_rss_mb()
+        if reload is not None:
+            close(model)
+            model = None
+            free()
+            model = reload()
         for _ in range(warm):
             decode(model, prompt, n_gen)
-        peak = peak_rss_mb()
 
         def main(m) -> dict[str, float]:
             pp, tg = decode(m, prompt, n_gen)
