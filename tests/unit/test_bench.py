@@ -132,8 +132,6 @@ def test_speed_in_isolated_process(tiny_f16, reference, tiny_data):
 
 def test_paired_rounds_with_f16_depths_and_llama_bench(tiny_f16, reference, tiny_data, tmp_path):
     """Every round holds the variant, its f16, our decode at each depth and one llama-bench run."""
-    from conftest import LLAMA_CPP_DIR
-
     from quantflow.results import validate
 
     quantize(tiny_f16, tmp_path / "q4.gguf", {"type": "Q4_K_M"}, 2, LLAMA_CPP_DIR)
@@ -176,8 +174,6 @@ def test_paired_rounds_with_f16_depths_and_llama_bench(tiny_f16, reference, tiny
 
 
 def test_run_variant_result_validates(tiny_f16, reference, tiny_data):
-    from conftest import LLAMA_CPP_DIR
-
     from quantflow.results import validate
 
     test = read_jsonl(tiny_data["test"])[:3]
