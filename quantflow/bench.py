@@ -7,23 +7,29 @@ suite item (:func:`encode_item`, the one place it happens on this engine).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import quality, speed
-from .tasks import checked_answers
+from . import quality, speed, stats
+from .tasks import checked_answers, flips_against
 
 log = logging.getLogger(__name__)
 
 
-def load(path: str | Path, n_ctx: int, threads: int, logits_all: bool = False):
-    """Load without mmap: weights then live in anonymous memory, so RSS counts each byte once.
+def load(path: str | Path, n_ctx: int, threads: int, logits_all: bool = False, mmap: bool = False):
+    """Load the GGUF with flash attention on, as llama-bench, llama-perplexity and llama-cli have it
+    (their default "auto" turns it on for the CPU; llama-cpp-python's flash_attn=False turns it off,
+    which cost ~11 % of the decode rate on the demo, measured paired against llama-bench).
 
-    With mmap, llama.cpp's load-time repacking of Q4_0/Q4_K weights keeps both the mapped file pages
-    and the repacked copy resident, and RSS would count those weights twice.
+    Without mmap (the default here) the weights live in anonymous memory, so RSS counts each byte
+    once: with mmap, llama.cpp's load-time repacking of Q4_0/Q4_K weights keeps both the mapped file
+    pages and the repacked copy resident, and RSS would count those weights twice. The decode rounds
+    load with ``mmap`` (llama-bench's default): decoding from the mapped file ran ~7 % faster than
+    from the anonymous copy on the demo, paired and interleaved.
     """
     from llama_cpp import Llama
 
@@ -35,7 +41,8 @@ def load(path: str | Path, n_ctx: int, threads: int, logits_all: bool = False):
         n_threads=threads,
         n_threads_batch=threads,
         logits_all=logits_all,
-        use_mmap=False,
+        use_mmap=mmap,
+        flash_attn=True,
         verbose=False,
         seed=0,
     )
@@ -76,40 +83,53 @@ def greedy(llm, prompt_tokens: list[int], max_new: int, stop_newline: bool = Tru
     return out, ttft if ttft is not None else 0.0, time.perf_counter() - t0
 
 
-def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float, float]:
+def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float | None, float]:
     """One repetition: prompt tok/s (batched prompt eval) and decode tok/s (n_gen single-token steps).
 
-    EOS is ignored on purpose: the decode rate must cover exactly n_gen steps for every variant.
-    The decode loop calls llama_decode on one preallocated one-token batch, as llama-bench's tg does,
-    plus a greedy argmax over the logits (what a real generation needs): `Llama.eval` would add a KV
-    cache scan, a batch rebuild and bookkeeping per token, Python cost that is not the engine's.
+    The prompt is the KV depth the decode starts at; an empty one starts from an empty cache with BOS
+    (prompt tok/s is then None), as llama-bench's tg at depth 0 does. EOS is ignored on purpose: the
+    decode rate must cover exactly n_gen steps for every variant. The decode loop calls llama_decode on
+    one preallocated one-token batch, as llama-bench's tg does, plus a greedy argmax over the logits
+    (what a real generation needs): `Llama.eval` would add a KV cache scan, a batch rebuild and
+    bookkeeping per token, Python cost that is not the engine's.
     """
     import llama_cpp
 
     llm.reset()
+    llm._ctx.kv_cache_seq_rm(-1, 0, -1)  # eval() clears the cache itself; with no prompt nothing else does
     t0 = time.perf_counter()
-    llm.eval(prompt)
+    if prompt:
+        llm.eval(prompt)
     t1 = time.perf_counter()
     ctx, n_vocab, pos = llm._ctx.ctx, llm.n_vocab(), llm.n_tokens
     batch = llama_cpp.llama_batch_init(1, 0, 1)
+    get_logits, decode, token, position = llama_cpp.llama_get_logits_ith, llama_cpp.llama_decode, batch.token, batch.pos
+    # The logits of the one output live at the same address from step to step: the numpy view over
+    # them is rebuilt only when it moves (as_array per token cost ~1.5 % of the demo's decode rate).
+    address, logits = None, None
     try:
         batch.n_tokens = 1
         batch.seq_id[0][0] = 0
         batch.n_seq_id[0] = 1
         batch.logits[0] = True
         t_dec = time.perf_counter()
-        for _ in range(n_gen):
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
-            batch.token[0] = int(np.argmax(logits))
-            batch.pos[0] = pos
-            if (rc := llama_cpp.llama_decode(ctx, batch)) != 0:
+        for i in range(n_gen):
+            if i == 0 and not prompt:
+                token[0] = llm.token_bos()
+            else:
+                ptr = get_logits(ctx, -1)
+                if (at := ctypes.cast(ptr, ctypes.c_void_p).value) != address:
+                    address, logits = at, np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+                token[0] = int(logits.argmax())
+            position[0] = pos
+            if (rc := decode(ctx, batch)) != 0:
                 raise RuntimeError(f"llama_decode failed (code {rc}) at position {pos}")
             pos += 1
         t2 = time.perf_counter()
     finally:
         llama_cpp.llama_batch_free(batch)
     llm.n_tokens = pos  # the wrapper's view of the cache: the next reset()/eval() clears it as usual
-    return len(prompt) / (t1 - t0), n_gen / (t2 - t_dec)
+    return (len(prompt) / (t1 - t0) if prompt else None), n_gen / (t2 - t_dec)
 
 
 def encode_item(llm, item: dict) -> list[int]:
@@ -123,31 +143,126 @@ def _timed_answer(llm, ids: list[int], max_new: int) -> tuple[float, float]:
     return ttft, total
 
 
-def measure_speed(path: str | Path, cfg: dict, threads: int, prompt: list[int], suite: list[dict]) -> tuple[dict, dict]:
-    """:func:`quantflow.speed.measure` for a GGUF file (loaded without mmap, see :func:`load`)."""
+def speed_context(cfg: dict) -> int:
+    """Context of the speed runs: room for the prompt or the deepest depth, plus the decoded tokens."""
+    deepest = max([cfg["prompt_tokens"], *cfg.get("depths", [])])
+    return max(cfg["n_ctx"], deepest + cfg["gen_tokens"])
+
+
+def measure_speed(
+    path: str | Path,
+    cfg: dict,
+    threads: int,
+    prompt: list[int],
+    suite: list[dict],
+    f16: str | Path | None = None,
+    llama_cpp_dir: str | Path | None = None,
+) -> tuple[dict, dict]:
+    """:func:`quantflow.speed.measure` for a GGUF file (loaded without mmap, see :func:`load`).
+
+    Each round also decodes with the f16 reference ``f16`` (``speedup_vs_f16``: the paired ratio; the
+    f16 file itself is paired with a second run of itself, so its ratio shows the pairing's own noise),
+    decodes at every depth of cfg["depths"], and runs llama-bench once on the same file, threads and
+    token counts (``llama_bench``: the engine's figures and ours/engine as paired ratios). ``prompt``
+    must hold the deepest depth's tokens.
+    """
     Path(path).read_bytes()  # page cache warm: load time measures llama.cpp, not the disk
-    return speed.measure(
-        load=lambda: load(path, cfg["n_ctx"], threads),
-        close=lambda llm: llm.close(),
-        decode=decode_run,
-        answer=_timed_answer,
-        encode=encode_item,
-        cfg=cfg,
-        threads=threads,
-        prompt=prompt,
-        suite=suite,
-    )
+    n_ctx, n_gen, n_prompt = speed_context(cfg), cfg["gen_tokens"], min(cfg["prompt_tokens"], len(prompt))
+    depths = [int(d) for d in cfg.get("depths", [])]
+    if max(depths, default=0) > len(prompt):
+        raise ValueError(f"bench.depths: {max(depths)} tokens deep, but the reference holds {len(prompt)}")
+    companions, others = [], {}
+    if f16 is not None:
+        same = Path(f16).resolve() == Path(path).resolve()
+
+        def f16_run(model) -> dict[str, float]:
+            if not same and "f16" not in others:
+                others["f16"] = load(f16, n_ctx, threads, mmap=True)  # after the peak RSS was read
+            return {"f16_decode_tps": decode_run(model if same else others["f16"], prompt[:n_prompt], n_gen)[1]}
+
+        companions.append(f16_run)
+    if depths:
+        companions.append(lambda m: {f"decode_tps_d{d}": decode_run(m, prompt[:d], n_gen)[1] for d in depths})
+    if llama_cpp_dir is not None:
+        from .llama_tools import llama_bench
+
+        def engine_run(_) -> dict[str, float]:
+            r = llama_bench(llama_cpp_dir, path, threads, n_prompt, n_gen, 1, depths)
+            tg = {f"engine_tg_tps_d{d}": rate for d, (rate, _) in r["tg_by_depth"].items()}
+            return {"engine_pp_tps": r["pp_tps"], **tg}
+
+        companions.append(engine_run)
+    try:
+        sp, memory, rounds = speed.measure(
+            load=lambda: load(path, n_ctx, threads),
+            close=lambda llm: llm.close(),
+            decode=decode_run,
+            answer=_timed_answer,
+            encode=encode_item,
+            cfg=cfg,
+            threads=threads,
+            prompt=prompt[:n_prompt],
+            suite=suite,
+            companions=companions,
+            reload=lambda: load(path, n_ctx, threads, mmap=True),
+        )
+    finally:
+        for m in others.values():
+            m.close()
+    sp.update(paired_blocks(rounds, n_prompt, depths, threads, n_gen))
+    return sp, memory
 
 
-def measure_speed_isolated(path: str | Path, cfg: dict, threads: int, prompt: list[int], suite: list[dict]):
+def paired_blocks(rounds: dict[str, list[float]], n_prompt: int, depths: list[int], threads: int, n_gen: int) -> dict:
+    """The speed block's paired figures from the rounds of :func:`quantflow.speed.measure`."""
+    out: dict = {}
+    tg = rounds["decode_tps"]
+    if "f16_decode_tps" in rounds:
+        out["f16_decode_tps"] = stats.summarize(rounds["f16_decode_tps"])
+        out["speedup_vs_f16"] = stats.paired_ratio(tg, rounds["f16_decode_tps"])
+    if "engine_pp_tps" in rounds:
+        eng_tg, eng_pp = rounds[f"engine_tg_tps_d{n_prompt}"], rounds["engine_pp_tps"]
+        out["llama_bench"] = {
+            "pp_tps": float(np.mean(eng_pp)),
+            "pp_sd": float(np.std(eng_pp, ddof=1)) if len(eng_pp) > 1 else 0.0,
+            "pp_tokens": n_prompt,
+            "pp_depth": 0,
+            "tg_tps": float(np.mean(eng_tg)),
+            "tg_sd": float(np.std(eng_tg, ddof=1)) if len(eng_tg) > 1 else 0.0,
+            "tg_tokens": n_gen,
+            "tg_depth": n_prompt,
+            "reps": len(eng_tg),
+            "threads": threads,
+            "python_vs_engine_tg": stats.paired_ratio(tg, eng_tg)["median"],
+            "python_vs_engine_tg_ci95": stats.paired_ratio(tg, eng_tg)["ci95"],
+            "python_vs_engine_pp": stats.paired_ratio(rounds["prompt_tps"], eng_pp)["median"],
+        }
+    by_depth = []
+    for d in depths:
+        row: dict = {"depth": d, "decode_tps": stats.summarize(rounds[f"decode_tps_d{d}"])}
+        if (key := f"engine_tg_tps_d{d}") in rounds:
+            row["engine_tg_tps"] = stats.summarize(rounds[key])
+            row["python_vs_engine"] = stats.paired_ratio(rounds[f"decode_tps_d{d}"], rounds[key])
+        by_depth.append(row)
+    if by_depth:
+        out["by_depth"] = by_depth
+    return out
+
+
+def measure_speed_isolated(
+    path: str | Path, cfg: dict, threads: int, prompt: list[int], suite: list[dict], f16=None, llama_cpp_dir=None
+):
     """:func:`measure_speed` in a fresh interpreter that imports only llama_cpp and numpy."""
-    payload = {"path": str(path), "cfg": cfg, "threads": threads, "prompt": prompt, "suite": suite}
+    job = {"path": path, "cfg": cfg, "threads": threads, "prompt": prompt, "suite": suite, "f16": f16}
+    job["llama_cpp_dir"] = llama_cpp_dir
+    payload = {k: str(v) if isinstance(v, Path) else v for k, v in job.items()}
     out = speed.run_isolated("quantflow.bench", payload, str(path))
     return out["speed"], out["memory"]
 
 
 def _isolated_job(job: dict) -> dict:
-    sp, memory = measure_speed(job["path"], job["cfg"], job["threads"], job["prompt"], job["suite"])
+    args = (job["path"], job["cfg"], job["threads"], job["prompt"], job["suite"], job["f16"], job["llama_cpp_dir"])
+    sp, memory = measure_speed(*args)
     return {"speed": sp, "memory": memory}
 
 
@@ -193,30 +308,34 @@ def run_variant(
     threads: int,
     meta: dict,
     llama_cpp_dir: str | Path | None = None,
+    f16: str | Path | None = None,
+    reference_answers: list[dict] | None = None,
+    machine: dict | None = None,
 ) -> dict:
     """Every measurement of one GGUF variant, as a result dict (see result.schema.yaml).
 
     Speed and memory come first, so the peak RSS is that of load + inference alone, before the
-    quality passes allocate their buffers.
+    quality passes allocate their buffers. With ``f16`` the speed rounds pair this variant with its f16
+    reference; with ``llama_cpp_dir`` with llama-bench; ``reference_answers`` (the f16's checked
+    answers) give the flips and McNemar's p; ``machine`` (:func:`quantflow.bandwidth.copy_bandwidth`)
+    the bandwidth fractions.
     """
     from .quantize import sha256, tensor_summary
 
     ref = quality.load_reference(reference)
     if not prompts:
         raise ValueError("the prompt suite is empty: latency and answers need at least one prompt")
-    sp, memory = measure_speed_isolated(gguf, cfg, threads, quality.prompt_of(ref, cfg["prompt_tokens"]), prompts)
-    engine = None
-    if llama_cpp_dir is not None:  # llama.cpp's own figure beside ours, same threads and token counts
-        from .llama_tools import llama_bench
-
-        engine = llama_bench(
-            llama_cpp_dir, gguf, threads, sp["prompt_tokens"], cfg["gen_tokens"], cfg["repetitions"]
-        )
-        engine["python_vs_engine_tg"] = sp["decode_tps"]["median"] / engine["tg_tps"]
-        engine["python_vs_engine_pp"] = sp["prompt_tps"]["median"] / engine["pp_tps"]
+    deepest = max([cfg["prompt_tokens"], *cfg.get("depths", [])])
+    prompt = quality.prompt_of(ref, deepest)
+    sp, memory = measure_speed_isolated(gguf, cfg, threads, prompt, prompts, f16, llama_cpp_dir)
+    engine = sp.pop("llama_bench", None)
+    if machine is not None:
+        sp["bandwidth"] = bandwidth_block(gguf, sp, machine)
     qual = measure_quality(gguf, ref, cfg, threads)
     answers, acc = answer_tasks(gguf, test, cfg, threads)
     qual.update(acc)
+    if reference_answers is not None:
+        qual.update(flips_against(answers, reference_answers))
     summ = tensor_summary(gguf)
     return {
         "schema_version": 1,
@@ -238,6 +357,20 @@ def run_variant(
         "quality": qual,
         "answers": answers,
     }
+
+
+def bandwidth_block(gguf: str | Path, sp: dict, machine: dict) -> dict:
+    """Bytes per decoded token and the share of the machine's copy bandwidth the median decode uses,
+    at the prompt's depth; each depth row of ``sp["by_depth"]`` gets its own fraction."""
+    from . import bandwidth
+
+    model = bandwidth.model_bytes(gguf)
+    gbps = machine["copy_gbps"]
+    for row in sp.get("by_depth", []):
+        at_depth = bandwidth.fraction(model, row["depth"], row["decode_tps"]["median"], gbps)
+        row["bandwidth_fraction"] = at_depth["bandwidth_fraction"]
+    at_prompt = bandwidth.fraction(model, sp["prompt_tokens"], sp["decode_tps"]["median"], gbps)
+    return {**model, **at_prompt, "machine_copy_gbps": gbps, "depth": sp["prompt_tokens"]}
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import quality, speed
-from .tasks import checked_answers
+from .tasks import checked_answers, flips_against
 from .variants import HF_QUANT as QUANT
 from .variants import HF_VARIANTS
 
@@ -274,7 +274,7 @@ def measure_speed(
         _, ttft, total = stream_greedy(*loaded, ids, max_new)
         return ttft, total
 
-    return speed.measure(
+    sp, memory, _ = speed.measure(
         load=lambda: load_hf(hf_dir, variant, threads),
         free=_free_memory,
         decode=lambda loaded, prompt, n_gen: decode_run(loaded[0], prompt, n_gen),
@@ -286,6 +286,7 @@ def measure_speed(
         suite=suite,
         what=variant,
     )
+    return sp, memory
 
 
 def measure_isolated(
@@ -323,7 +324,7 @@ def measure_isolated(
 def quality_and_answers(hf_dir: str | Path, variant: str, ref: dict, test: list[dict], cfg: dict, threads: int) -> dict:
     """Quality against the reference, checked answers and the size figures, from one load of the variant."""
     model, tok = load_hf(hf_dir, variant, threads)
-    qual = quality_of(model, ref)
+    qual = quality_of(model, ref, cfg.get("max_chunks"))
     answers, acc = answers_of(model, tok, test, cfg)
     qual.update(acc)
     # bitsandbytes quantizes at load: there is no file of the variant, so its size is the loaded
@@ -372,9 +373,9 @@ class Scores:
             self.scores = self.model(input_ids=x).logits[0].float().cpu().numpy()
 
 
-def quality_of(model, ref: dict[str, np.ndarray]) -> dict:
+def quality_of(model, ref: dict[str, np.ndarray], max_chunks: int | None = None) -> dict:
     """:func:`quantflow.quality.quality_of` on a loaded HF model (one forward per reference chunk)."""
-    return quality.quality_of(Scores(model), ref)
+    return quality.quality_of(Scores(model), ref, max_chunks)
 
 
 def measure_quality(hf_dir: str | Path, variant: str, ref: dict[str, np.ndarray], cfg: dict, threads: int) -> dict:
@@ -425,8 +426,11 @@ def run_hf_variant(
     cfg: dict,
     threads: int,
     meta: dict,
+    reference_answers: list[dict] | None = None,
 ) -> dict:
     """Every measurement of one HF variant, as a result dict (see result.schema.yaml); no provenance.
+
+    ``reference_answers`` (the f16 GGUF's checked answers) give the flips and McNemar's p.
 
     A variant that cannot run here gets status not_run and its reason, with no measurement blocks.
     Speed and memory come first (in their own process); quality and answers then share one load.
@@ -444,6 +448,8 @@ def run_hf_variant(
     prompt = quality.prompt_of(quality.load_reference(reference_path), cfg["prompt_tokens"])
     m = measure_isolated(hf_dir, variant, cfg, threads, prompt, prompts, reference_path, test)
     size, count = m["size"], m["n_params"]
+    if reference_answers is not None:
+        m["quality"].update(flips_against(m["answers"], reference_answers))
     return {
         **head,
         "status": "ok",

@@ -70,34 +70,33 @@ def _run(cmd: list[str], expect: re.Pattern | None = None, timeout: int = 3600, 
     raise RuntimeError(f"{name} printed no {expect.pattern!r} in {tries} runs")
 
 
-def llama_bench(llama_cpp_dir, gguf, threads: int, n_prompt: int, n_gen: int, reps: int) -> dict:
+def llama_bench(llama_cpp_dir, gguf, threads: int, n_prompt: int, n_gen: int, reps: int, depths=()) -> dict:
     """pp and tg rates as llama-bench measures them (mean and stdev over `reps`, its own warm-up).
 
     Measured like our own path, so the two figures compare like for like: pp from an empty context,
     tg after an `n_prompt`-token prompt is in the KV cache (``-d``); llama-bench's default tg starts
-    from an empty cache, where attention is cheaper.
+    from an empty cache, where attention is cheaper. tg is also measured at each of ``depths``
+    (``tg_by_depth``: {depth: (mean, stdev)}). One invocation: llama-bench crosses -p and -n with -d,
+    so it also times pp at the other depths, which costs one short prompt each and is not used.
     """
-    records = []
-    # Two runs: llama-bench crosses -d with -p and -n, so one run would also time pp at depth n_prompt
-    # and tg at depth 0, which nothing uses.
-    for p, n, d in ((n_prompt, 0, 0), (0, n_gen, n_prompt)):
-        out = procs.run(
-            [str(tool(llama_cpp_dir, "llama-bench")), "-m", str(gguf), "-t", str(threads), "-p", str(p),
-             "-n", str(n), "-d", str(d), "-r", str(reps), "-o", "json"],
-            capture_output=True, text=True, timeout=1800, check=False,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"llama-bench failed (exit {out.returncode}): {out.stderr.strip()[-300:]}")
-        records += json.loads(out.stdout)
-    res = {}
-    for rec in records:
-        key = "pp" if rec["n_prompt"] and not rec["n_gen"] else "tg"
-        if rec.get("n_depth", 0) != (n_prompt if key == "tg" else 0):
-            continue
-        res[f"{key}_tps"] = float(rec["avg_ts"])
-        res[f"{key}_sd"] = float(rec["stddev_ts"])
-        res[f"{key}_tokens"] = int(rec["n_prompt"] or rec["n_gen"])
-        res[f"{key}_depth"] = int(rec.get("n_depth", 0))
+    all_depths = sorted({0, n_prompt, *(int(d) for d in depths)})
+    out = procs.run(
+        [str(tool(llama_cpp_dir, "llama-bench")), "-m", str(gguf), "-t", str(threads), "-p", str(n_prompt),
+         "-n", str(n_gen), "-d", ",".join(map(str, all_depths)), "-r", str(reps), "-o", "json"],
+        capture_output=True, text=True, timeout=1800, check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"llama-bench failed (exit {out.returncode}): {out.stderr.strip()[-300:]}")
+    res: dict = {"tg_by_depth": {}}
+    for rec in json.loads(out.stdout):
+        depth, rate, sd = int(rec.get("n_depth", 0)), float(rec["avg_ts"]), float(rec["stddev_ts"])
+        if rec["n_prompt"] and not rec["n_gen"]:
+            if depth == 0:
+                res.update(pp_tps=rate, pp_sd=sd, pp_tokens=int(rec["n_prompt"]), pp_depth=0)
+        else:
+            res["tg_by_depth"][depth] = (rate, sd)
+            if depth == n_prompt:
+                res.update(tg_tps=rate, tg_sd=sd, tg_tokens=int(rec["n_gen"]), tg_depth=depth)
     if "pp_tps" not in res or "tg_tps" not in res:
         raise RuntimeError(f"llama-bench reported no pp/tg pair at depths 0/{n_prompt}: {out.stdout[:300]}")
     res["reps"] = reps

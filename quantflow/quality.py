@@ -64,15 +64,16 @@ def reference_of(scorer, tokens: list[int], bos: int | None, cfg: dict) -> dict[
     }
 
 
-def quality_of(scorer, ref: dict[str, np.ndarray]) -> dict:
-    """Perplexity, KL, top-1 agreement and delta-p on the reference's own tokens.
+def quality_of(scorer, ref: dict[str, np.ndarray], max_chunks: int | None = None) -> dict:
+    """Perplexity, KL, top-1 agreement and delta-p on the reference's own tokens (its first
+    ``max_chunks`` chunks when given: a slower engine may score a prefix, with a wider error).
 
     Delta-p is the change in the probability of the actual next token against the reference
     (llama-perplexity's "Δp").
     """
     kls, nll, agree, dp = [], [], [], []
     start = 0
-    for ch in ref["chunks"]:
+    for ch in ref["chunks"][:max_chunks]:
         lp, tgt = chunk_logprobs(scorer, [int(t) for t in ch])
         n = len(tgt)
         s = slice(start, start + n)
@@ -82,17 +83,32 @@ def quality_of(scorer, ref: dict[str, np.ndarray]) -> dict:
         nll.append(own)
         dp.append(np.exp(-own) - np.exp(-ref["nll"][s]))
         agree.append(lp.argmax(axis=-1) == ref["topk_ids"][s][:, 0])
-    kl, dp = np.concatenate(kls), np.concatenate(dp)
+    kl, dp, nll, agree = np.concatenate(kls), np.concatenate(dp), np.concatenate(nll), np.concatenate(agree)
+    return {"n_tokens": int(kl.size), **figures(kl, nll, agree, dp)}
+
+
+def figures(kl: np.ndarray, nll: np.ndarray, agree: np.ndarray, dp: np.ndarray) -> dict:
+    """The quality block's figures from per-token KL, own NLL, top-1 agreement and delta-p, each with
+    its uncertainty as llama-perplexity states it: mean +- standard error, PPL +- PPL x SE(mean NLL)
+    (its first-order propagation), top-1 +- sqrt(p (1 - p) / (n - 1)); p99 with a distribution-free CI.
+    """
     d = stats.distribution(kl)
+    kl_mean, kl_se = stats.mean_se(kl)
+    log_ppl, log_ppl_se = stats.mean_se(nll)
+    top1 = float(agree.mean())
+    ppl = float(np.exp(log_ppl))
     return {
-        "n_tokens": int(kl.size),
-        "ppl": float(np.exp(np.concatenate(nll).mean())),
-        "kl_mean": d["mean"],
+        "ppl": ppl,
+        "ppl_se": ppl * log_ppl_se,
+        "kl_mean": kl_mean,
+        "kl_mean_se": kl_se,
         "kl_median": d["median"],
         "kl_p99": d["p99"],
+        "kl_p99_ci95": list(stats.quantile_ci(kl, 0.99)),
         "kl_p999": d["p999"],
         "kl_max": d["max"],
-        "top1_agreement": float(np.concatenate(agree).mean()),
+        "top1_agreement": top1,
+        "top1_se": stats.proportion_se(top1, agree.size),
         "dp_mean": float(dp.mean()),
         "dp_rms": float(np.sqrt((dp**2).mean())),
     }

@@ -53,8 +53,9 @@ def recommend(
     ``budgets`` holds the optional limits of BUDGET_SPECS (``ram_budget_mb``, ``vram_budget_mb``,
     ``latency_target_ms``, ``min_accuracy``); None or absent means no limit. Kinds, in order:
 
-    - ``recommended`` (best overall): the fastest variant (decode tok/s; ties go to the smaller
-      file) that meets the KL floor and every budget;
+    - ``recommended`` (best overall): the fastest variant (decode tok/s) that meets the KL floor and
+      every budget; variants whose speed intervals overlap the fastest's are ties (:func:`speed_tied`),
+      among which the lower KL, then the smaller file wins, and the reason says so;
     - ``best_quality``, ``fastest``, ``smallest``: unconstrained;
     - ``best_under_budget``, one per budget set (``constraint`` names it): the fastest variant
       within the KL floor and that one budget, and whether the budget is what bound the choice.
@@ -170,7 +171,7 @@ def _constrained_entry(
         why, closest, misses = _why_none(ranked, applied)
         return _entry(kind, label, None, _join_clauses(why, na_part), constraint=constraint,
                       closest=closest, misses=misses)
-    row = chosen.iloc[0]
+    row, tie_part = _break_speed_tie(chosen)
     # Faster rows are those ranked above the chosen one; each was excluded by some constraint.
     faster = ranked.iloc[: ranked.index.get_loc(row.name)]
     faster = faster.loc[faster["decode_tps"] > row["decode_tps"]]
@@ -196,9 +197,67 @@ def _constrained_entry(
         else:
             notes = ", ".join(_value_note(budget, r) for _, r in blocked.iterrows())
             bound_part = f"bound by the {budget.name}: excludes faster {notes}"
-    runner_up = str(chosen.iloc[1]["variant"]) if len(chosen) > 1 else None
-    return _entry(kind, label, row, _join_clauses(why, bound_part, na_part), constraint=constraint,
+    others = chosen.loc[chosen.index != row.name]
+    runner_up = str(others.iloc[0]["variant"]) if len(others) else None
+    return _entry(kind, label, row, _join_clauses(why, tie_part, bound_part, na_part), constraint=constraint,
                   bound_by=list(bound), runner_up=runner_up)
+
+
+#: (low, high) columns of a speed interval, tried in order: the paired speedup vs f16 (machine drift
+#: cancelled, so its interval is the tighter one), then the CI of the median decode rate.
+SPEED_INTERVALS = (("speedup_vs_f16_lo", "speedup_vs_f16_hi"), ("decode_tps_lo", "decode_tps_hi"))
+
+
+def speed_tied(a: pd.Series, b: pd.Series) -> bool:
+    """True when the speeds of rows ``a`` and ``b`` differ by less than their 95 % intervals (they overlap).
+
+    Both rows are compared on the same scale: the paired speedup vs f16 where both have it (variants of
+    one model / fine-tune share their f16), else the median decode rate's CI. Without intervals on a
+    common scale nothing is a tie, and the faster one wins as before.
+    """
+    for lo, hi in SPEED_INTERVALS:
+        vals = [r[c] if c in r.index else math.nan for r in (a, b) for c in (lo, hi)]
+        if not any(is_missing(v) for v in vals):
+            lo_a, hi_a, lo_b, hi_b = (float(v) for v in vals)
+            return lo_a <= hi_b and lo_b <= hi_a
+    return False
+
+
+def _break_speed_tie(chosen: pd.DataFrame) -> tuple[pd.Series, str | None]:
+    """The variant to take from ``chosen`` (passing rows, fastest first) and, when a tie decided it, why.
+
+    Among the rows tied on speed with the fastest, the lower KL wins, then the smaller file.
+    """
+    fastest = chosen.iloc[0]
+    tied = chosen.loc[[speed_tied(fastest, r) or r.name == fastest.name for _, r in chosen.iterrows()]]
+    if len(tied) == 1:
+        return fastest, None
+    pick = _ranked(tied, ["kl_mean", "size_mb"], [True, True]).iloc[0]
+    others = [v for v in tied["variant"] if v != pick["variant"]]
+    names = ", ".join(others)
+    if pick.name == fastest.name:
+        return pick, f"tied on speed with {names} (intervals overlap); lowest KL among them"
+    if is_missing(pick["kl_mean"]) or pick["kl_mean"] == fastest["kl_mean"]:
+        reason = f"same KL, smaller file ({pick['size_mb']:.1f} MB vs {fastest['size_mb']:.1f} MB)"
+    else:
+        reason = f"lower KL ({pick['kl_mean']:.3g} vs {fastest['kl_mean']:.3g})"
+    return pick, f"tied on speed with {names} (intervals overlap), preferred for {reason}"
+
+
+def indistinguishable_from_f16(df: pd.DataFrame, quality_floor_kl: float) -> pd.Series:
+    """Row-wise: is the variant indistinguishable from its f16 on the tasks?
+
+    True when the exact McNemar test finds no difference in the flips against the f16's answers
+    (``mcnemar_p`` >= 0.05) and the KL's 95 % upper bound (kl_mean + 1.96 x kl_mean_se) is below the
+    floor. False where either figure is missing (unmeasured is never "indistinguishable"); the f16
+    itself is not marked.
+    """
+    cols = ("mcnemar_p", "kl_mean", "kl_mean_se")
+    if any(c not in df.columns for c in cols):
+        return pd.Series(False, index=df.index)
+    p, kl, se = (pd.to_numeric(df[c], errors="coerce") for c in cols)
+    upper = kl + 1.959963984540054 * se
+    return ((p >= 0.05) & (upper < quality_floor_kl) & (df["variant"] != REFERENCE)).fillna(False)
 
 
 def _ranked(group: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.DataFrame:

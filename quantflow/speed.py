@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import procs, stats
@@ -38,6 +38,7 @@ def speed_summary(cfg: dict, threads: int, prompt_tokens: int, load_s, pp, tg, t
         "decode_tps": stats.summarize(tg),
         "ttft_s": stats.summarize(ttft),
         "latency_s": stats.summarize(lat),
+        "rounds": len(tg),
     }
 
 
@@ -53,9 +54,12 @@ def measure(
     suite: list[dict],
     close: Callable[[object], None] = lambda model: None,
     free: Callable[[], None] = lambda: None,
+    companions: Sequence[Callable[[object], dict[str, float]]] = (),
+    reload: Callable[[], object] | None = None,
     what: str = "",
-) -> tuple[dict, dict]:
-    """Load time, prompt/decode rates, TTFT and latency over the prompt suite; then memory.
+) -> tuple[dict, dict, dict[str, list[float]]]:
+    """Load time, TTFT and latency over the prompt suite, prompt/decode rates; memory. Returns the speed
+    and memory blocks and the raw rounds ({"decode_tps": [...], "prompt_tps": [...], companion keys}).
 
     ``load()`` returns a loaded model (whatever the engine's handle is); ``close(model)`` releases it
     and ``free()`` runs once the protocol has dropped its reference (garbage collection, CUDA cache).
@@ -63,15 +67,24 @@ def measure(
     ``answer(model, ids, max_new)`` one timed greedy answer -> (seconds to first token, total);
     ``encode(model, item)`` the token ids of a suite item.
 
-    Decode repetitions continue past cfg["repetitions"] until the 95 % CI of the median decode rate is
-    within +-cfg["target_ci"] or cfg["max_repetitions"] is reached. The baseline RSS is read before the
-    first load (the caller imports its framework first, so model_rss_mb is the model and its buffers);
-    the peak when the protocol ends. GPU telemetry (peak VRAM, utilisation; None without a GPU) is
+    Decode repetitions are *rounds*: each round runs the decode and then every companion (a function of
+    the model returning named figures, e.g. the f16 reference's decode rate or llama-bench's), in
+    forward order on even rounds and backward on odd ones (ABBA...), so the machine's slow and fast
+    spells hit every figure of a round alike and cancel in their ratios. Rounds continue past
+    cfg["repetitions"] until the 95 % CI of the median decode rate is within +-cfg["target_ci"] or
+    cfg["max_repetitions"] is reached; one warm-up round (cfg["warmup"] of them) is discarded.
+
+    The baseline RSS is read before the first load (the caller imports its framework first, so
+    model_rss_mb is the model and its buffers); the peak once the timed answers ran, before the decode
+    rounds (a companion may load a second model). With ``reload`` the model is loaded again that way
+    for the rounds (the GGUF engine decodes from a memory-mapped file there, as llama-bench does, and
+    measures memory without the map). GPU telemetry (peak VRAM, utilisation; None without a GPU) is
     sampled in a background thread throughout.
     """
     baseline = rss_mb()
+    warm, reps, n_gen = cfg["warmup"], cfg["repetitions"], cfg["gen_tokens"]
+    prompt = prompt[: cfg["prompt_tokens"]]
     with GpuSampler() as gpu:
-        warm, reps = cfg["warmup"], cfg["repetitions"]
         load_s, model = [], None
         for i in range(warm + reps):
             if model is not None:
@@ -82,16 +95,6 @@ def measure(
             model = load()
             if i >= warm:
                 load_s.append(time.perf_counter() - t0)
-        prompt = prompt[: cfg["prompt_tokens"]]
-        pp, tg = [], []
-        for _ in range(warm):
-            decode(model, prompt, cfg["gen_tokens"])
-        while len(tg) < cfg["max_repetitions"]:
-            p, d = decode(model, prompt, cfg["gen_tokens"])
-            pp.append(p)
-            tg.append(d)
-            if len(tg) >= reps and stats.converged(tg, cfg["target_ci"]):
-                break
         ttft, lat = [], []
         suite_ids = [encode(model, s) for s in suite]
         for i in range(warm + reps):
@@ -101,14 +104,40 @@ def measure(
                     ttft.append(t_first)
                     lat.append(t_all)
         peak = peak_rss_mb()
+        if reload is not None:
+            close(model)
+            model = None
+            free()
+            model = reload()
+        for _ in range(warm):
+            decode(model, prompt, n_gen)
+
+        def main(m) -> dict[str, float]:
+            pp, tg = decode(m, prompt, n_gen)
+            return {"prompt_tps": pp, "decode_tps": tg}
+
+        runners = [main, *companions]
+        for _ in range(warm if companions else 0):
+            for c in companions:
+                c(model)
+        rounds: dict[str, list[float]] = {}
+        while len(rounds.get("decode_tps", [])) < cfg["max_repetitions"]:
+            order = runners if len(rounds.get("decode_tps", [])) % 2 == 0 else runners[::-1]
+            for run in order:
+                for k, v in run(model).items():
+                    rounds.setdefault(k, []).append(v)
+            tg = rounds["decode_tps"]
+            if len(tg) >= reps and stats.converged(tg, cfg["target_ci"]):
+                break
         close(model)
         model = None
         free()
+    tg, pp = rounds["decode_tps"], rounds["prompt_tps"]
     speed = speed_summary(cfg, threads, len(prompt), load_s, pp, tg, ttft, lat)
     memory = {"use_mmap": False, "peak_rss_mb": peak, **gpu.summary()}
     memory.update(baseline_rss_mb=baseline, model_rss_mb=peak - baseline)
     log.info(
-        "%sdecode %.1f tok/s (CV %.1f %%, %d runs), prompt %.1f tok/s, peak RSS %.1f MB",
+        "%sdecode %.1f tok/s (CV %.1f %%, %d rounds), prompt %.1f tok/s, peak RSS %.1f MB",
         f"{what}: " if what else "",
         speed["decode_tps"]["median"],
         100 * speed["decode_tps"]["cv"],
@@ -116,7 +145,7 @@ def measure(
         speed["prompt_tps"]["median"],
         peak,
     )
-    return speed, memory
+    return speed, memory, rounds
 
 
 def run_isolated(module: str, payload: dict, what: str) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from . import stats
+
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
 CHECKERS = ("exact", "numeric", "contains", "regex")
 
@@ -37,15 +39,34 @@ def check(answer: str, expected: str, checker: str) -> bool:
 
 
 def accuracy_summary(rows: list[dict]) -> dict:
-    """Accuracy overall and per category of checked answers (rows with `category` and `correct`)."""
+    """Accuracy overall and per category of checked answers (rows with `category` and `correct`), each
+    with its 95 % Wilson interval."""
     by_cat: dict[str, list[bool]] = {}
     for r in rows:
         by_cat.setdefault(r["category"], []).append(bool(r["correct"]))
+    right = sum(bool(r["correct"]) for r in rows)
+    cats = sorted(by_cat.items())
     return {
-        "accuracy": sum(r["correct"] for r in rows) / len(rows) if rows else float("nan"),
+        "accuracy": right / len(rows) if rows else float("nan"),
+        "accuracy_ci95": list(stats.wilson(right, len(rows))),
         "n_test": len(rows),
-        "accuracy_by_category": {c: sum(v) / len(v) for c, v in sorted(by_cat.items())},
+        "accuracy_by_category": {c: sum(v) / len(v) for c, v in cats},
+        "accuracy_by_category_ci95": {c: list(stats.wilson(sum(v), len(v))) for c, v in cats},
+        "n_by_category": {c: len(v) for c, v in cats},
     }
+
+
+def flips_against(rows: list[dict], reference_rows: list[dict]) -> dict:
+    """Questions the variant gets wrong that the reference (its f16) gets right, and the reverse, with
+    the exact McNemar p-value of that difference. Rows are matched by id; every id must be in both."""
+    ref = {str(r["id"]): bool(r["correct"]) for r in reference_rows}
+    missing = [str(r["id"]) for r in rows if str(r["id"]) not in ref]
+    if missing or len(ref) != len(rows):
+        raise ValueError(f"answers and reference answers are not the same questions (e.g. id {(missing or ['?'])[0]})")
+    ours = [bool(r["correct"]) for r in rows]
+    theirs = [ref[str(r["id"])] for r in rows]
+    gained, lost = stats.flips(ours, theirs)
+    return {"flips_lost": lost, "flips_gained": gained, "mcnemar_p": stats.mcnemar_exact(lost, gained)}
 
 
 def checked_answers(items: list[dict], answers: list[str]) -> tuple[list[dict], dict]:

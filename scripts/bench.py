@@ -1,12 +1,15 @@
 """Benchmark one variant (speed, memory, quality, task answers) into one result JSON.
 
 Snakemake rule `bench`: input.model (a GGUF file, or the HF directory for hf-* variants), input.plan
-(a quantized GGUF's plan, from rule quantize), input.reference, input.test, input.prompts (suites as
-rule render_suites wrote them); output.json; params.bench, params.quant, params.llama_cpp_dir; threads (the
-whole machine: a bench job runs alone). The answers' similarity to the f16's is scored afterwards, for
-all variants at once (rule `similarity`).
+(a quantized GGUF's plan, from rule quantize), input.f16 (the f16 GGUF, paired with GGUF variants in every
+speed round), input.reference, input.reference_answers (the f16's checked answers), input.bandwidth (the
+machine's copy bandwidth), input.test, input.prompts (suites as rule render_suites wrote them);
+output.json; params.bench, params.quant, params.llama_cpp_dir; threads (the whole machine: a bench job
+runs alone). The answers' similarity to the f16's is scored afterwards, for all variants at once (rule
+`similarity`).
 """
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,16 +33,18 @@ if sm.params.quant is not None:
 try:  # one variant's failure is recorded as its result (status failed, why), never the others' end
     check_model_input(sm.input.model, variant)  # complete file, fits in free memory: before loading it
     test, prompts = load_rendered(sm.input.test), load_rendered(sm.input.prompts)
+    ref_answers = json.loads(Path(sm.input.reference_answers).read_text(encoding="utf-8"))["answers"]
     if variants.is_hf(variant):
         from quantflow.hf_bench import run_hf_variant
 
         result = run_hf_variant(sm.input.model, variant, sm.input.reference, test, prompts, sm.params.bench, threads,
-                                dict(meta))
+                                dict(meta), reference_answers=ref_answers)
     else:
         from quantflow.bench import run_variant
 
         result = run_variant(sm.input.model, sm.input.reference, test, prompts, sm.params.bench, threads, dict(meta),
-                             llama_cpp_dir=llama_cpp)
+                             llama_cpp_dir=llama_cpp, f16=sm.input.f16, reference_answers=ref_answers,
+                             machine=json.loads(Path(sm.input.bandwidth).read_text()))
     if result["format"] == "gguf":  # what llama.cpp wrote, tensor by tensor (f16: read from the file)
         result["file"]["plan"] = gguf_plan(sm.input.model, sm.input.plan or None, sm.params.quant)
 except Exception as e:  # noqa: BLE001 - SIGKILL and Ctrl-C are not caught: those jobs are redone next run

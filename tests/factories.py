@@ -73,9 +73,16 @@ def make_result(
     answers: list[bool] | None = None,
     categories: list[str] | None = None,
     engine_ratio: float | None = None,
+    f16_tps: float = 20.0,
     provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One result (schema_version 1); ``answers`` are right / wrong flags of questions q0, q1, ..."""
+    """One result (schema_version 1); ``answers`` are right / wrong flags of questions q0, q1, ...
+
+    Uncertainties the schema requires are derived: KL SE = 5 % of the mean, PPL SE = 1 % of PPL,
+    top-1 SE 0.01, accuracy's interval +-0.05; a GGUF variant's paired speedup vs its f16 (decoding at
+    ``f16_tps`` in the same rounds) is decode_tps / f16_tps with an interval of +-``ci`` (or +-1 %), and
+    it has no flips against the f16 (McNemar p 1).
+    """
     res: dict[str, Any] = {
         "schema_version": 1,
         "model": model,
@@ -111,7 +118,13 @@ def make_result(
         "decode_tps": d(decode_tps),
         "ttft_s": d(ttft_s),
         "latency_s": d(latency_s),
+        "rounds": n,
     }
+    if res["format"] == "gguf":
+        speedup = decode_tps / f16_tps
+        half = speedup * (ci if ci is not None else 0.01)
+        res["speed"]["f16_decode_tps"] = d(f16_tps)
+        res["speed"]["speedup_vs_f16"] = {"median": speedup, "ci95": [speedup - half, speedup + half], "n": n}
     res["memory"] = {
         "peak_rss_mb": size_mb + 40.0,
         "baseline_rss_mb": 40.0,
@@ -128,7 +141,13 @@ def make_result(
         "top1_agreement": 1.0 - kl_mean,
         "accuracy": accuracy,
         "n_test": n_test,
+        "kl_mean_se": kl_mean * 0.05,
+        "ppl_se": 0.1 * (1 + kl_mean),
+        "top1_se": 0.01,
+        "accuracy_ci95": [max(0.0, accuracy - 0.05), min(1.0, accuracy + 0.05)],
     }
+    if res["format"] == "gguf":
+        res["quality"].update(flips_lost=0, flips_gained=0, mcnemar_p=1.0)
     if engine_ratio is not None:
         # llama-bench on the same file: our decode median is engine_ratio of its tg.
         res["llama_bench"] = {
@@ -189,7 +208,7 @@ ENGINE_RATIO = 0.8
 def all_results() -> list[dict[str, Any]]:
     """Both groups of VARIANTS, plus a lora Q2_K that was not run."""
     results = [
-        make_result(ft, *spec, engine_ratio=ENGINE_RATIO if ft == "base" else None)
+        make_result(ft, *spec, engine_ratio=ENGINE_RATIO if ft == "base" else None, f16_tps=specs[0][4])
         for ft, specs in VARIANTS.items()
         for spec in specs
     ]

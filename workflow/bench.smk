@@ -1,5 +1,5 @@
-# Quality reference (f16 top-k log-probs and greedy answers), one benchmark job per variant (each running
-# alone), and one answer-similarity table per model / fine-tune.
+# Quality reference (f16 top-k log-probs and greedy answers), the machine's memory bandwidth (once), one
+# benchmark job per variant (each running alone), and one answer-similarity table per model / fine-tune.
 
 
 rule reference:
@@ -25,11 +25,35 @@ rule reference:
         "../scripts/reference.py"
 
 
+rule bandwidth:
+    output:
+        json="results/bandwidth.json",
+    log:
+        "results/logs/bandwidth.log",
+    conda:
+        "../envs/quantflow.yaml"
+    # All cores, alone: the figure is the machine's, the bench jobs' denominator.
+    threads: workflow.cores
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        threads=config["bench"]["threads"],
+        code=code_hash("bandwidth"),
+    script:
+        "../scripts/bandwidth.py"
+
+
 rule bench:
     input:
         model=get_variant_model,
         plan=get_plan,
+        # GGUF variants: each speed round pairs the variant with its f16; flips are counted against
+        # the f16's answers; the bandwidth fraction divides by the machine's bandwidth.
+        f16=rules.convert.output.gguf,
         reference=rules.reference.output.npz,
+        reference_answers=rules.reference.output.answers,
+        bandwidth=rules.bandwidth.output.json,
         test=rules.render_suites.output.test,
         prompts=rules.render_suites.output.prompts,
     output:

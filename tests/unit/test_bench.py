@@ -109,6 +109,8 @@ def test_decode_loop_generates_what_greedy_eval_does(tiny_f16, reference):
     assert np.argmax(after_loop) == np.argmax(after_eval)
     # and the wrapper still works after the loop: a second run starts from a clean cache
     assert bench.decode_run(llm, prompt, 4)[1] > 0
+    # depth 0: from an empty cache, BOS first, no prompt rate
+    assert bench.decode_run(llm, [], 4)[0] is None and llm.n_tokens == 4
     llm.close()
 
 
@@ -128,21 +130,75 @@ def test_speed_in_isolated_process(tiny_f16, reference, tiny_data):
     assert mem["peak_vram_mb"] is None or mem["peak_vram_mb"] >= 0
 
 
+def test_paired_rounds_with_f16_depths_and_llama_bench(tiny_f16, reference, tiny_data, tmp_path):
+    """Every round holds the variant, its f16, our decode at each depth and one llama-bench run."""
+    from quantflow.results import validate
+
+    quantize(tiny_f16, tmp_path / "q4.gguf", {"type": "Q4_K_M"}, 2, LLAMA_CPP_DIR)
+    test = read_jsonl(tiny_data["test"])[:3]
+    ref_answers, _ = bench.answer_tasks(tiny_f16, test, CFG, threads=2)
+    cfg = dict(CFG, depths=[0, 24])
+    machine = {"copy_gbps": 5.0}
+    r = bench.run_variant(
+        tmp_path / "q4.gguf",
+        reference,
+        test,
+        read_jsonl(tiny_data["prompts"])[:2],
+        cfg,
+        2,
+        {"model": "t", "ft": "base", "variant": "gguf-Q4_K_M", "quant": "Q4_K_M"},
+        llama_cpp_dir=LLAMA_CPP_DIR,
+        f16=tiny_f16,
+        reference_answers=ref_answers,
+        machine=machine,
+    )
+    validate(dict(r, provenance={"cpu": "x"}))
+    sp, n = r["speed"], r["speed"]["rounds"]
+    assert CFG["repetitions"] <= n <= CFG["max_repetitions"] and sp["decode_tps"]["n"] == n
+    assert sp["speedup_vs_f16"]["n"] == sp["f16_decode_tps"]["n"] == n == r["llama_bench"]["reps"]
+    lo, hi = sp["speedup_vs_f16"]["ci95"]
+    assert lo <= sp["speedup_vs_f16"]["median"] <= hi
+    assert [d["depth"] for d in sp["by_depth"]] == [0, 24]
+    for row in sp["by_depth"]:
+        assert row["decode_tps"]["n"] == row["engine_tg_tps"]["n"] == row["python_vs_engine"]["n"] == n
+        assert 0 < row["bandwidth_fraction"]
+    # the bandwidth figure: weights + KV at the prompt's depth, times the median rate, over the machine's
+    bw = sp["bandwidth"]
+    assert bw["bytes_per_token"] == bw["weights_bytes"] + bw["kv_bytes_per_token"] * CFG["prompt_tokens"]
+    expect = bw["bytes_per_token"] * sp["decode_tps"]["median"] / (machine["copy_gbps"] * 1e9)
+    assert bw["bandwidth_fraction"] == pytest.approx(expect)
+    assert bw["weights_bytes"] < r["file"]["bytes"]  # the token embedding is looked up, not read
+    q = r["quality"]
+    assert q["flips_lost"] + q["flips_gained"] <= 3 and 0 < q["mcnemar_p"] <= 1
+    assert 0 < q["kl_mean_se"] and q["kl_p99_ci95"][0] <= q["kl_p99"] <= q["kl_p99_ci95"][1]
+
+
 def test_run_variant_result_validates(tiny_f16, reference, tiny_data):
     from quantflow.results import validate
 
+    test = read_jsonl(tiny_data["test"])[:3]
     r = bench.run_variant(
         tiny_f16,
         reference,
-        read_jsonl(tiny_data["test"])[:3],
+        test,
         read_jsonl(tiny_data["prompts"])[:2],
         CFG,
         2,
         {"model": "t", "ft": "base", "variant": "gguf-f16", "quant": "F16"},
+        llama_cpp_dir=LLAMA_CPP_DIR,
+        f16=tiny_f16,
+        reference_answers=bench.answer_tasks(tiny_f16, test, CFG, threads=2)[0],
     )
     r["provenance"] = {"cpu": "x"}
     validate(r)
     assert r["file"]["tensor_types"]["F16"] > 0
+    # the f16 against itself: no flips, and its speedup pairs two runs of the same model
+    assert (r["quality"]["flips_lost"], r["quality"]["flips_gained"], r["quality"]["mcnemar_p"]) == (0, 0, 1.0)
+    lo, hi = r["speed"]["speedup_vs_f16"]["ci95"]
+    assert 0 < lo <= r["speed"]["speedup_vs_f16"]["median"] <= hi
+    # without its measured blocks an ok result is refused
+    with pytest.raises(ValueError, match="speedup_vs_f16"):
+        validate(dict(r, speed={k: v for k, v in r["speed"].items() if k != "speedup_vs_f16"}))
 
 
 def test_empty_prompt_suite_is_refused(tiny_f16, reference):

@@ -54,8 +54,8 @@ def jitter(results: list[dict[str, Any]], rel: float) -> list[dict[str, Any]]:
     out = copy.deepcopy(results)
     for res in out:
         for d in (res.get("speed") or {}).values():
-            if not isinstance(d, dict):
-                continue  # the settings (threads, n_ctx, ...)
+            if not isinstance(d, dict) or "p10" not in d:
+                continue  # the settings (threads, n_ctx, ...) and the paired ratios (speedup vs f16)
             for k in ("median", "mean", "p10", "p90"):
                 d[k] *= 1 + rel
             d["ci95"] = [v * (1 + rel) for v in d["ci95"]]

@@ -45,3 +45,11 @@ def test_llama_bench_reports_pp_and_tg(q4):
     assert r["pp_tps"] > 0 and r["tg_tps"] > 0 and r["pp_tokens"] == 16 and r["tg_tokens"] == 8
     # like our own decode: tg after the prompt is in the cache, pp from an empty one
     assert r["tg_depth"] == 16 and r["pp_depth"] == 0
+
+
+def test_llama_bench_at_several_depths(q4):
+    from conftest import LLAMA_CPP_DIR
+
+    r = llama_bench(LLAMA_CPP_DIR, q4, threads=2, n_prompt=16, n_gen=8, reps=1, depths=[0, 32])
+    assert set(r["tg_by_depth"]) == {0, 16, 32} and all(tps > 0 for tps, _ in r["tg_by_depth"].values())
+    assert r["tg_by_depth"][16][0] == r["tg_tps"]

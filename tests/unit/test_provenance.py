@@ -60,4 +60,4 @@ def test_every_workflow_script_hashes_its_own_imports():
     mods = {s.stem: {p.stem for p in imported_modules(s, repo / "quantflow")} for s in (repo / "scripts").glob("*.py")}
     assert {"bench", "hf_bench", "stats", "tasks", "llama_tools"} <= mods["bench"]
     assert "report" in mods["report"] and "bench" not in mods["report"]
-    assert mods["imatrix"] == {"llama_tools", "logs", "procs"}
+    assert mods["imatrix"] == {"atomic", "llama_tools", "logs", "procs"}

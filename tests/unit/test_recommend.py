@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from factories import VARIANTS, all_results, budget_results, make_result
 
 from quantflow.limits import BUDGET_SPECS, make_constraints
-from quantflow.recommend import pareto_front, recommend
+from quantflow.recommend import indistinguishable_from_f16, pareto_front, recommend, speed_tied
 from quantflow.table import results_table
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
@@ -100,6 +101,69 @@ def test_recommend_speed_tie_goes_to_smaller_file() -> None:
     df.loc[(df["ft"] == "base") & (df["variant"] == "gguf-Q3_K_M"), "decode_tps"] = 50.0
     recs = recommend(df, quality_floor_kl=0.2)
     assert _pick(recs, "base", "recommended")["variant"] == "gguf-Q3_K_M"
+
+
+def _with_speed_intervals(df, intervals: dict[str, tuple[float, float]], prefix: str = "speedup_vs_f16"):
+    """The base group with ``prefix``_lo / _hi set per variant (others left unmeasured)."""
+    df = df.copy()
+    for variant, (lo, hi) in intervals.items():
+        at = (df["ft"] == "base") & (df["variant"] == variant)
+        df.loc[at, f"{prefix}_lo"] = lo
+        df.loc[at, f"{prefix}_hi"] = hi
+    return df
+
+
+def test_speed_ties_go_to_the_lower_kl_and_the_reason_says_so() -> None:
+    # Q3_K_M decodes faster (52 vs 50 tok/s) but its paired speedup interval overlaps Q4_K_M's: a tie,
+    # and Q4_K_M has the lower KL (0.03 vs 0.12).
+    df = results_table(all_results())
+    df.loc[(df["ft"] == "base") & (df["variant"] == "gguf-Q3_K_M"), "decode_tps"] = 52.0
+    # the factory's paired speedups (2.6 and 2.5, +-1 %) are apart: no tie
+    assert _pick(recommend(df, 0.2), "base", "recommended")["variant"] == "gguf-Q3_K_M"
+    tied = _with_speed_intervals(df, {"gguf-Q3_K_M": (2.45, 2.75), "gguf-Q4_K_M": (2.35, 2.55)})
+    rec = _pick(recommend(tied, 0.2), "base", "recommended")
+    assert rec["variant"] == "gguf-Q4_K_M"
+    assert "tied on speed with gguf-Q3_K_M (intervals overlap), preferred for lower KL (0.03 vs 0.12)" in rec["why"]
+    # intervals apart: the faster one stands
+    apart = _with_speed_intervals(df, {"gguf-Q3_K_M": (2.56, 2.75), "gguf-Q4_K_M": (2.35, 2.55)})
+    assert _pick(recommend(apart, 0.2), "base", "recommended")["variant"] == "gguf-Q3_K_M"
+
+
+def test_speed_tie_with_equal_kl_goes_to_the_smaller_file() -> None:
+    df = results_table(all_results())
+    base = df["ft"] == "base"
+    df.loc[base & (df["variant"] == "gguf-Q3_K_M"), ["decode_tps", "kl_mean"]] = [52.0, 0.03]
+    df.loc[base & (df["variant"] == "gguf-Q4_K_M"), "decode_tps"] = 53.0
+    df[["speedup_vs_f16_lo", "speedup_vs_f16_hi"]] = float("nan")  # no paired speedups: the decode CIs decide
+    tied = _with_speed_intervals(df, {"gguf-Q3_K_M": (50.0, 54.0), "gguf-Q4_K_M": (51.0, 55.0)}, "decode_tps")
+    rec = _pick(recommend(tied, 0.2), "base", "recommended")
+    assert rec["variant"] == "gguf-Q3_K_M" and "same KL, smaller file (25.0 MB vs 30.0 MB)" in rec["why"]
+
+
+def test_speed_tied_compares_on_one_scale() -> None:
+    row = pd.Series
+    a = row({"speedup_vs_f16_lo": 1.0, "speedup_vs_f16_hi": 1.2, "decode_tps_lo": 10.0, "decode_tps_hi": 12.0})
+    b = row({"speedup_vs_f16_lo": 1.3, "speedup_vs_f16_hi": 1.4, "decode_tps_lo": 11.0, "decode_tps_hi": 13.0})
+    assert not speed_tied(a, b)  # the paired speedups decide where both have them
+    hf = row({"decode_tps_lo": 11.0, "decode_tps_hi": 13.0})  # an HF variant: no pairing with the f16
+    assert speed_tied(a, hf) and speed_tied(hf, a)
+    assert not speed_tied(a, row({"decode_tps": 11.0}))  # no interval: no tie
+    assert speed_tied(a, row({"decode_tps_lo": 12.0, "decode_tps_hi": 14.0}))  # touching ends overlap
+
+
+def test_indistinguishable_from_f16() -> None:
+    df = pd.DataFrame(
+        {
+            "variant": ["gguf-f16", "gguf-Q8_0", "gguf-Q4_K_M", "gguf-Q3_K_M", "hf-nf4"],
+            "mcnemar_p": [1.0, 0.6, 0.3, 0.004, None],
+            "kl_mean": [0.0, 0.002, 0.045, 0.03, 0.004],
+            "kl_mean_se": [0.0, 0.0002, 0.004, 0.003, 0.0004],
+        }
+    )
+    # Q4_K_M: no task difference, but its KL upper bound 0.045 + 1.96 x 0.004 exceeds the floor 0.05;
+    # Q3_K_M: McNemar finds the loss; hf-nf4: no flips measured; the f16 is the reference itself.
+    assert list(indistinguishable_from_f16(df, 0.05)) == [False, True, False, False, False]
+    assert list(indistinguishable_from_f16(df, 0.06)) == [False, True, True, False, False]
 
 
 def test_recommend_only_reference_measured() -> None:

@@ -96,11 +96,11 @@ def test_verdict_compares_with_f16_and_the_runner_up(tmp_path: Path) -> None:
     report.render(all_results(), [], RUN, tmp_path, quality_floor_kl=0.05)
     md = (tmp_path / "summary.md").read_text(encoding="utf-8")
     verdict = md.split("## Verdict", 1)[1].split("## Why these choices", 1)[0]
-    # Recommended, the f16 reference, the runner-up (next fastest within the floor); no interval in the
-    # results yet, so each says so instead of printing a bare number.
-    assert "| recommended | Q4_K_M | 2.50x [n/a] | 30.0 | 70 | 0.03 ± n/a | 45.0 [n/a] | n/a |" in verdict
-    assert "| f16 | f16 | 1.00x [n/a] | 100.0 | 140 |" in verdict
-    assert "| runner-up | Q8_0 | 1.75x [n/a] |" in verdict
+    # Recommended, the f16 reference, the runner-up (next fastest within the floor), each with the
+    # intervals the factory's results carry (paired speedup +-1 %, KL SE 5 %, accuracy +-5 points).
+    assert "| recommended | Q4_K_M | 2.50x [2.48–2.52] | 30.0 | 70 | 0.03 ± 0.0015 | 45.0 [40.0–50.0] | 1 |" in verdict
+    assert "| f16 | f16 | 1.00x [0.99–1.01] | 100.0 | 140 |" in verdict
+    assert "| runner-up | Q8_0 | 1.75x [1.73–1.77] |" in verdict
 
 
 def test_uncertainty_is_shown_where_results_carry_it(tmp_path: Path) -> None:
@@ -132,9 +132,9 @@ def test_render_charts_and_llama_bench_columns(tmp_path: Path) -> None:
         assert "llama-bench tg" in text and "ours / engine" in text
         assert "cost of the Python path" in text  # glossary
     # The speed table, llama-bench's tg with its own CV (stdev 0.5 of 62.5: 1 %)
-    assert "| gguf-Q4_K_M ★ | 50.0 [47.5–52.5] | 2.50x [n/a] | 2.0 | 62.5 ±1 % | 0.80x |" in md
+    assert "| gguf-Q4_K_M ★ | 50.0 [47.5–52.5] | 2.50x [2.48–2.52] | 2.0 | 62.5 ±1 % | 0.80x |" in md
     # lora's results carry no llama_bench block: both cells are blank.
-    assert "| gguf-Q4_K_M ★ | 52.0 [49.4–54.6] | 2.48x [n/a] | 2.0 | – | – |" in md
+    assert "| gguf-Q4_K_M ★ | 52.0 [49.4–54.6] | 2.48x [2.45–2.50] | 2.0 | – | – |" in md
     html_row = re.search(r"<code>gguf-Q4_K_M ★</code></td>\s*(.*?)</tr>", html, re.S)
     assert html_row is not None and '>62.5 ±1 %</td><td class="num g-speed">0.80x</td>' in html_row.group(1)
     # Each group of columns can be hidden (a checkbox per group, CSS only).

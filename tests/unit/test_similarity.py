@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from conftest import LLAMA_CPP_DIR
+from factories import make_result
 
 from quantflow import bench, similarity
 from quantflow.quantize import quantize
@@ -55,8 +56,9 @@ def test_reference_answers_and_similarity_of_a_quantized_variant(tiny_f16, tiny_
     results = {}
     for name, path in (("f16", tiny_f16), ("Q3_K_M", tmp_path / "q.gguf")):
         rows, acc = bench.answer_tasks(path, items, CFG, threads=2)
-        r = {"schema_version": 1, "model": "t", "ft": "base", "variant": f"gguf-{name}", "format": "gguf",
-             "status": "ok", "provenance": {}, "quality": acc, "answers": rows}
+        r = make_result("base", f"gguf-{name}", model="t")  # a whole ok result, with these answers
+        r["quality"].update(acc)
+        r["answers"] = rows
         ref_answers = json.loads(ref_path.read_text())["answers"]
         results[name] = similarity.merge(r, similarity.score([r], ref_answers, threads=2))
         validate(r)

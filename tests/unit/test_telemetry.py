@@ -5,6 +5,7 @@ import copy
 
 import pynvml
 import pytest
+from factories import make_result
 
 from quantflow.results import validate
 from quantflow.telemetry import GpuSampler
@@ -43,10 +44,7 @@ def test_sampler_measures_on_a_gpu():
     assert gpu.available and s["peak_vram_mb"] >= 0 and 0 <= s["gpu_util_mean_pct"] <= s["gpu_util_max_pct"] <= 100
 
 
-RESULT = {
-    "schema_version": 1, "model": "m", "ft": "base", "variant": "gguf-Q4_K_M", "format": "gguf", "status": "ok",
-    "provenance": {}, "memory": {"peak_rss_mb": 80.0, "use_mmap": False},
-}
+RESULT = make_result("base", "gguf-Q4_K_M", model="m")  # a whole ok result, whose memory block the tests edit
 
 
 @pytest.mark.parametrize(
