@@ -164,6 +164,12 @@ def semantic_errors(cfg: dict, base_dir: Path) -> list[str]:
             f"config key bench.n_ctx: {b['n_ctx']} is smaller than prompt_tokens + gen_tokens "
             f"({b['prompt_tokens']} + {b['gen_tokens']})"
         )
+    held = b["max_chunks"] * b["n_ctx"]  # the reference's tokens: the deepest KV depth is read from them
+    if max(b.get("depths", []), default=0) > held:
+        errs.append(
+            f"config key bench.depths: {max(b['depths'])} tokens deep, but the reference holds at most "
+            f"bench.max_chunks x bench.n_ctx = {held}; lower the depth or raise max_chunks"
+        )
     errs.extend(_repetition_errors(b))
     return errs
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic
+from . import atomic, variants
 
 log = logging.getLogger(__name__)
 
@@ -159,5 +159,5 @@ def read_tables(paths: Sequence[str | Path]) -> dict[tuple[str, str], dict]:
 
 def write_reference_answers(path: str | Path, answers: list[dict], meta: Mapping) -> None:
     """The f16 GGUF's greedy answers, as the reference every variant's similarity is measured against."""
-    doc = {**meta, "variant": "gguf-f16", "answers": answers}
+    doc = {**meta, "variant": variants.REFERENCE, "answers": answers}
     atomic.write_text(path, json.dumps(doc, indent=1, ensure_ascii=False))

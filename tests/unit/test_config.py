@@ -287,3 +287,8 @@ def test_minimum_equal_to_the_maximum_is_fine():
     cfg = copy.deepcopy(DEFAULT)
     cfg["bench"].update(repetitions=5, max_repetitions=5, hf={"repetitions": 3, "max_repetitions": 3})
     assert validate(cfg)["bench"]["max_repetitions"] == 5
+
+
+def test_a_depth_deeper_than_the_reference_is_refused_before_any_job():
+    msg = broken(lambda c: c["bench"].update(depths=[0, 100_000]))
+    assert msg.startswith("config key bench.depths: 100000 tokens deep, but the reference holds at most")
