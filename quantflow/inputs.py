@@ -10,6 +10,8 @@ import json
 import struct
 from pathlib import Path
 
+from .sft_data import SftDataError, read_sft
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
@@ -86,9 +88,10 @@ def hf_dims(path: str | Path) -> dict[str, int] | None:
 
 def check_sft_file(path: str | Path) -> None:
     """Raise unless every row of the fine-tune file is trainable text (see quantflow.sft_data)."""
-    from .sft_data import read_sft
-
-    read_sft(path)
+    try:
+        read_sft(path)
+    except SftDataError as e:
+        raise InputError(str(e)) from e
 
 
 # safetensors dtype names -> torch's, for the floating types a model's weights are stored in

@@ -15,7 +15,11 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .inputs import InputError
+
+class SftDataError(ValueError):
+    """A fine-tune data file that cannot be used: one line naming the file, the row and the field
+    (inputs.check_sft_file reports it as an InputError)."""
+
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +33,12 @@ def _json_array(p: Path) -> Iterator[tuple[str, dict]]:
     try:
         rows = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise InputError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}); write a list of objects") from e
+        raise SftDataError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}); write a list of objects") from e
     if not isinstance(rows, list):
-        raise InputError(f"{p}: a .json data file holds a list of row objects (or one object per line)")
+        raise SftDataError(f"{p}: a .json data file holds a list of row objects (or one object per line)")
     for i, row in enumerate(rows, 1):
         if not isinstance(row, dict):
-            raise InputError(f"{p}: row {i} is not a JSON object; each row is one object")
+            raise SftDataError(f"{p}: row {i} is not a JSON object; each row is one object")
         yield f"row {i}", row
 
 
@@ -49,9 +53,9 @@ def _jsonl(p: Path) -> Iterator[tuple[str, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise InputError(f"{p}: line {i} is not valid JSON ({e.msg}); write one JSON object per line") from e
+                raise SftDataError(f"{p}: line {i} is not valid JSON ({e.msg}); write one JSON object per line") from e
             if not isinstance(row, dict):
-                raise InputError(f"{p}: line {i} is not a JSON object; write one object per line")
+                raise SftDataError(f"{p}: line {i} is not a JSON object; write one object per line")
             yield where, row
 
 
@@ -64,20 +68,20 @@ def _csv(p: Path) -> Iterator[tuple[str, dict]]:
         if "messages" not in fields:
             missing = [k for k in TEXT_FIELDS if k not in fields]
             if missing:
-                raise InputError(f"{p}: the header lacks field(s) {', '.join(missing)}; {_FIX_PC}")
+                raise SftDataError(f"{p}: the header lacks field(s) {', '.join(missing)}; {_FIX_PC}")
         start = 2
         for row in reader:
             where = f"line {start}" if reader.line_num == start else f"lines {start}-{reader.line_num}"
             start = reader.line_num + 1
             if None in row:  # more cells than header names
-                raise InputError(f"{p}: {where}: more cells than the header has columns; quote cells holding commas")
+                raise SftDataError(f"{p}: {where}: more cells than the header has columns; quote cells holding commas")
             if any(v is None for v in row.values()):
-                raise InputError(f"{p}: {where}: fewer cells than the header has columns")
+                raise SftDataError(f"{p}: {where}: fewer cells than the header has columns")
             if "messages" in row:
                 try:
                     row["messages"] = json.loads(row["messages"])
                 except json.JSONDecodeError as e:
-                    raise InputError(
+                    raise SftDataError(
                         f"{p}: {where}: field messages is not a JSON list ({e.msg}); in CSV write it as JSON text, "
                         'e.g. [{"role": "user", "content": "..."}]'
                     ) from e
@@ -90,7 +94,7 @@ def _parquet(p: Path) -> Iterator[tuple[str, dict]]:
     try:
         table = pq.read_table(p)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types on a damaged file
-        raise InputError(f"{p}: not a readable Parquet file ({e}); write it again") from e
+        raise SftDataError(f"{p}: not a readable Parquet file ({e}); write it again") from e
     for i, row in enumerate(table.to_pylist(), 1):
         yield f"row {i}", row
 
@@ -99,9 +103,9 @@ def _source_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in SUFFIXES:
-        raise InputError(f"{p}: unsupported data file type {p.suffix!r}; use .jsonl, .csv or .parquet")
+        raise SftDataError(f"{p}: unsupported data file type {p.suffix!r}; use .jsonl, .csv or .parquet")
     if not p.is_file():
-        raise InputError(f"{p}: data file not found")
+        raise SftDataError(f"{p}: data file not found")
     if suffix == ".csv":
         return _csv(p)
     if suffix == ".parquet":
@@ -120,15 +124,15 @@ def _type_name(v) -> str:
 def _text(src: str, where: str, field: str, v) -> str:
     if not isinstance(v, str):
         hint = " (in CSV every cell is text; in JSONL quote it; in Parquet store the column as strings)"
-        raise InputError(f"{src}: {where}: field {field} is {_type_name(v)} {v!r:.40}, not text{hint}")
+        raise SftDataError(f"{src}: {where}: field {field} is {_type_name(v)} {v!r:.40}, not text{hint}")
     if not v.strip():
-        raise InputError(f"{src}: {where}: field {field} is empty; give it text or drop the row")
+        raise SftDataError(f"{src}: {where}: field {field} is empty; give it text or drop the row")
     return v
 
 
 def _messages(src: str, where: str, v) -> list[dict]:
     if not isinstance(v, list) or not v:
-        raise InputError(
+        raise SftDataError(
             f"{src}: {where}: field messages is {_type_name(v) if v != [] else 'an empty list'}, "
             "not a list of {role, content} turns"
         )
@@ -136,16 +140,16 @@ def _messages(src: str, where: str, v) -> list[dict]:
     for j, m in enumerate(v):
         field = f"messages[{j}]"
         if not isinstance(m, dict):
-            raise InputError(f"{src}: {where}: field {field} is {_type_name(m)}, not a {{role, content}} object")
+            raise SftDataError(f"{src}: {where}: field {field} is {_type_name(m)}, not a {{role, content}} object")
         missing = [k for k in ("role", "content") if k not in m]
         if missing:
-            raise InputError(f"{src}: {where}: field {field} lacks {', '.join(missing)}; a turn needs role and content")
+            raise SftDataError(f"{src}: {where}: field {field} lacks {', '.join(missing)}; a turn needs both")
         role = m["role"]
         if role not in ROLES:
-            raise InputError(f"{src}: {where}: field {field}.role is {role!r}; use one of {', '.join(ROLES)}")
+            raise SftDataError(f"{src}: {where}: field {field}.role is {role!r}; use one of {', '.join(ROLES)}")
         out.append({"role": role, "content": _text(src, where, f"{field}.content", m["content"])})
     if not any(m["role"] == "assistant" for m in out):
-        raise InputError(f"{src}: {where}: field messages has no assistant turn; the loss needs one to learn from")
+        raise SftDataError(f"{src}: {where}: field messages has no assistant turn; the loss needs one to learn from")
     return out
 
 
@@ -162,7 +166,7 @@ def check_rows(rows: Iterable[tuple[str, dict]], src: str) -> tuple[str, list[di
             fmt = kind
         elif kind != fmt:
             want = "a messages list" if fmt == "chat" else "prompt and completion"
-            raise InputError(f"{src}: {where}: the rows before it have {want}, this one not; use one format per file")
+            raise SftDataError(f"{src}: {where}: the rows before it have {want}, this one not; use one format per file")
         if kind == "chat":
             extra = [k for m in row["messages"] if isinstance(m, dict) for k in m if k not in ("role", "content")]
             dropped.update(f"messages[].{k}" for k in extra)
@@ -170,10 +174,10 @@ def check_rows(rows: Iterable[tuple[str, dict]], src: str) -> tuple[str, list[di
         else:
             missing = [k for k in TEXT_FIELDS if k not in row]
             if missing:
-                raise InputError(f"{src}: {where} lacks field(s) {', '.join(missing)}; {_FIX_PC}")
+                raise SftDataError(f"{src}: {where} lacks field(s) {', '.join(missing)}; {_FIX_PC}")
             out.append({k: _text(src, where, k, row[k]) for k in TEXT_FIELDS})
     if fmt is None:
-        raise InputError(f"{src}: no rows; a fine-tune split needs rows with prompt and completion")
+        raise SftDataError(f"{src}: no rows; a fine-tune split needs rows with prompt and completion")
     if dropped:
         log.warning("%s: fields %s are not used for training", src, ", ".join(sorted(dropped)))
     return fmt, out

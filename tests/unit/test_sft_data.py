@@ -11,7 +11,7 @@ import pytest
 from quantflow.config import _data_file_errors
 from quantflow.finetune import load_sft_dataset, train
 from quantflow.inputs import InputError, check_data_file
-from quantflow.sft_data import read_sft
+from quantflow.sft_data import SftDataError, read_sft
 
 # Completions a type-inferring reader turns into numbers (or NaN): each must arrive as the exact string.
 NUMERIC = [
@@ -100,7 +100,7 @@ USER, BOT = {"role": "user", "content": "1 + 1?"}, {"role": "assistant", "conten
 )
 def test_a_bad_prompt_completion_row_is_named_in_one_line(tmp_path, row, expect):
     bad = _jsonl(tmp_path / "train.jsonl", [GOOD, row, GOOD])
-    with pytest.raises(InputError) as e:
+    with pytest.raises(SftDataError) as e:
         read_sft(bad)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"{bad}: ") and expect in msg
@@ -121,7 +121,7 @@ def test_a_bad_prompt_completion_row_is_named_in_one_line(tmp_path, row, expect)
 )
 def test_a_bad_chat_row_is_named_in_one_line(tmp_path, messages, expect):
     bad = _jsonl(tmp_path / "chat.jsonl", [{"messages": [USER, BOT]}, {"messages": messages}])
-    with pytest.raises(InputError) as e:
+    with pytest.raises(SftDataError) as e:
         read_sft(bad)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"{bad}: row 2: ") and expect in msg
@@ -130,17 +130,17 @@ def test_a_bad_chat_row_is_named_in_one_line(tmp_path, messages, expect):
 def test_csv_errors_name_the_line(tmp_path):
     # row 1 spans lines 2-3 (a quoted newline), so the bad row 2 is on line 4
     bad = _csv(tmp_path / "t.csv", [["Question: a?\nAnswer:", " b"], ["Question: c?", ""]])
-    with pytest.raises(InputError, match=rf"^{bad}: line 4: field completion is empty"):
+    with pytest.raises(SftDataError, match=rf"^{bad}: line 4: field completion is empty"):
         read_sft(bad)
     short = tmp_path / "short.csv"
     short.write_text("prompt,completion\nQ, 1\nQ2\n")
-    with pytest.raises(InputError, match=rf"^{short}: line 3: fewer cells than the header"):
+    with pytest.raises(SftDataError, match=rf"^{short}: line 3: fewer cells than the header"):
         read_sft(short)
     chat = _csv(tmp_path / "chat.csv", [["[{'role': 'user'}]"]], header=["messages"])
-    with pytest.raises(InputError, match=r"line 2: field messages is not a JSON list"):
+    with pytest.raises(SftDataError, match=r"line 2: field messages is not a JSON list"):
         read_sft(chat)
     header = _csv(tmp_path / "h.csv", [["Q", "A"]], header=["question", "completion"])
-    with pytest.raises(InputError, match=r"the header lacks field\(s\) prompt"):
+    with pytest.raises(SftDataError, match=r"the header lacks field\(s\) prompt"):
         read_sft(header)
 
 
@@ -149,7 +149,7 @@ def test_parquet_with_a_numeric_column_is_refused_naming_the_row(tmp_path):
 
     p = tmp_path / "d.parquet"
     pd.DataFrame({"prompt": ["Q1", "Q2"], "completion": [42, 7]}).to_parquet(p)
-    with pytest.raises(InputError, match=rf"^{p}: row 1: field completion is int 42, not text"):
+    with pytest.raises(SftDataError, match=rf"^{p}: row 1: field completion is int 42, not text"):
         read_sft(p)
 
 
@@ -165,10 +165,10 @@ def test_the_config_check_reads_every_row(tmp_path):
 
 
 def test_unsupported_or_missing_files(tmp_path):
-    with pytest.raises(InputError, match="unsupported data file type '.txt'"):
+    with pytest.raises(SftDataError, match="unsupported data file type '.txt'"):
         read_sft(tmp_path / "d.txt")
-    with pytest.raises(InputError, match="data file not found"):
+    with pytest.raises(SftDataError, match="data file not found"):
         read_sft(tmp_path / "nope.jsonl")
     (tmp_path / "empty.csv").write_text("prompt,completion\n")
-    with pytest.raises(InputError, match="no rows"):
+    with pytest.raises(SftDataError, match="no rows"):
         read_sft(tmp_path / "empty.csv")
