@@ -39,7 +39,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "ppl", "kl_mean", "kl_median", "kl_p99", "kl_p999", "kl_max", "top1_agreement",
     "dp_mean", "dp_rms",
     "accuracy", "n_test", "similarity_mean", "similarity_min", "threads",
-    "speedup_vs_f16", "accuracy_gain_vs_base", "retention", "flips_lost", "flips_gained",
+    "speedup_vs_f16", "accuracy_gain_vs_base", "retention", "retention_lo", "retention_hi",
+    "flips_lost", "flips_gained",
     # Uncertainty (95 % intervals, standard errors, McNemar's p vs f16): NaN where a result has none.
     "decode_tps_lo", "decode_tps_hi", "speedup_vs_f16_lo", "speedup_vs_f16_hi",
     "python_vs_engine_tg_lo", "python_vs_engine_tg_hi", "bandwidth_fraction",
@@ -50,7 +51,9 @@ RESULT_COLUMNS: tuple[str, ...] = (
 CATEGORY_PREFIX = "acc_"
 
 #: Columns :func:`results_table` derives across results rather than reading from one.
-_DERIVED_COLUMNS = ("speedup_vs_f16", "accuracy_gain_vs_base", "retention", "flips_lost", "flips_gained")
+_DERIVED_COLUMNS = (
+    "speedup_vs_f16", "accuracy_gain_vs_base", "retention", "retention_lo", "retention_hi", "flips_lost", "flips_gained"
+)
 
 
 def results_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -61,17 +64,20 @@ def results_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """
     cats = sorted({c for r in results for c in ((r.get("quality") or {}).get("accuracy_by_category") or {})})
     cat_cols = [category_column(c) for c in cats]
+    depths = sorted({int(d["depth"]) for r in results for d in ((r.get("speed") or {}).get("by_depth") or [])})
+    depth_cols = [f"{k}_d{d}" for d in depths for k in DEPTH_FIGURES]
     base_cols = [c for c in RESULT_COLUMNS if c not in _DERIVED_COLUMNS] + ["_speedup_paired", *cat_cols]
     df = pd.DataFrame([_result_row(r) for r in results], columns=base_cols)
+    df = pd.concat([df, pd.DataFrame([_depth_row(r) for r in results], columns=depth_cols)], axis=1)
     df = _drop_duplicate_keys(df)
     df = _add_speedup(df)
     df = _add_accuracy_gain(df)
-    df = _add_retention(df)
+    df = _add_retention(df, results)
     df = _add_flips(df, results)
     for col in ("n_test", "threads", "flips_lost", "flips_gained", "n_fallback"):
         # Nullable ints keep "8" rather than "8.0" in the CSV while still allowing missing values.
         df[col] = pd.to_numeric(df[col]).astype("Int64")
-    df = _sort_rows(df)[[*RESULT_COLUMNS, *cat_cols]]
+    df = _sort_rows(df)[[*RESULT_COLUMNS, *cat_cols, *depth_cols]]
     df.attrs["categories"] = dict(zip(cat_cols, cats, strict=True))
     return df
 
@@ -208,10 +214,16 @@ def _add_accuracy_gain(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="_base_acc")
 
 
-def _add_retention(df: pd.DataFrame) -> pd.DataFrame:
-    """stats.retention per row against the f16 accuracies of the base and of the row's fine-tune."""
+def _add_retention(df: pd.DataFrame, results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """stats.retention per row against the f16 accuracies of the base and of the row's fine-tune, with its
+    bootstrap CI over the test questions (stats.retention_ci; None ends where the data cannot bound it)."""
     f16 = df.loc[(df["variant"] == REFERENCE) & (df["status"] == "ok")]
     acc = {(m, ft): a for m, ft, a in zip(f16["model"], f16["ft"], f16["accuracy"], strict=True)}
+    correct = {
+        (r.get("model"), r.get("ft"), r.get("variant")): {str(a["id"]): bool(a["correct"]) for a in r["answers"]}
+        for r in results
+        if r.get("status") == "ok" and r.get("answers")
+    }
     out = df.copy()
     out["retention"] = [
         math.nan
@@ -219,7 +231,37 @@ def _add_retention(df: pd.DataFrame) -> pd.DataFrame:
         else _nan_if_none(stats.retention(_none_if_nan(a), acc.get((m, BASE_FT)), acc.get((m, ft))))
         for m, ft, a in zip(df["model"], df["ft"], df["accuracy"], strict=True)
     ]
+    ci = [_retention_ci(correct, m, ft, v) for m, ft, v in zip(df["model"], df["ft"], df["variant"], strict=True)]
+    out["retention_lo"] = [lo for lo, _ in ci]
+    out["retention_hi"] = [hi for _, hi in ci]
     return out
+
+
+def _retention_ci(correct: Mapping, model: str, ft: str, variant: str) -> tuple[float, float]:
+    keys = ((model, ft, variant), (model, BASE_FT, REFERENCE), (model, ft, REFERENCE))
+    trio = [correct.get(k) for k in keys]
+    if ft == BASE_FT or any(t is None for t in trio):
+        return math.nan, math.nan
+    ids = sorted(set.intersection(*(set(t) for t in trio)))
+    if not ids:
+        return math.nan, math.nan
+    lo, hi = stats.retention_ci(*([t[i] for i in ids] for t in trio))
+    return _nan_if_none(lo), _nan_if_none(hi)
+
+
+#: Per-depth figures (speed.by_depth), as columns <figure>_d<depth>.
+DEPTH_FIGURES = ("decode_tps", "engine_tg_tps", "python_vs_engine", "bandwidth_fraction")
+
+
+def _depth_row(res: Mapping[str, Any]) -> dict[str, float]:
+    row = {}
+    for d in (res.get("speed") or {}).get("by_depth") or []:
+        depth = int(d["depth"])
+        row[f"decode_tps_d{depth}"] = _stat(d, "decode_tps")
+        row[f"engine_tg_tps_d{depth}"] = _stat(d, "engine_tg_tps")
+        row[f"python_vs_engine_d{depth}"] = _stat(d, "python_vs_engine")
+        row[f"bandwidth_fraction_d{depth}"] = number(d.get("bandwidth_fraction"))
+    return row
 
 
 def _none_if_nan(value: Any) -> float | None:

@@ -13,7 +13,7 @@ from quantflow.table import RESULT_COLUMNS, results_table
 
 def test_results_table_columns_and_order() -> None:
     df = results_table(all_results())
-    assert list(df.columns) == list(RESULT_COLUMNS)
+    assert list(df.columns)[: len(RESULT_COLUMNS)] == list(RESULT_COLUMNS)
     assert len(df) == 9
     assert list(df["ft"]) == ["base"] * 4 + ["lora"] * 5
     base_variants = list(df.loc[df["ft"] == "base", "variant"])
@@ -106,3 +106,26 @@ def test_flip_counts_in_results_table() -> None:
     assert (q4["flips_lost"], q4["flips_gained"]) == (1, 1)
     # No answers at all (the other test results): no counts.
     assert pd.isna(table_row(results_table(all_results()), "base", "gguf-Q4_K_M")["flips_lost"])
+
+
+def test_retention_carries_its_bootstrap_interval_and_depths_become_columns() -> None:
+    base = [True] * 4 + [False] * 36
+    ft = [True] * 30 + [False] * 10
+    results = [
+        make_result("base", "gguf-f16", accuracy=0.1, answers=base, n_test=40),
+        make_result("lora", "gguf-f16", accuracy=0.75, answers=ft, n_test=40),
+        make_result("lora", "gguf-Q4_K_M", accuracy=0.7, answers=ft[:28] + [False] * 12, n_test=40),
+    ]
+    results[2]["speed"]["by_depth"] = [
+        {"depth": 0, "decode_tps": {"median": 60.0}, "bandwidth_fraction": 0.4},
+        {"depth": 128, "decode_tps": {"median": 50.0}, "engine_tg_tps": {"median": 52.0},
+         "python_vs_engine": {"median": 0.96}},
+    ]
+    df = results_table(results)
+    q4 = table_row(df, "lora", "gguf-Q4_K_M")
+    assert q4["retention"] == pytest.approx((0.7 - 0.1) / (0.75 - 0.1))
+    assert q4["retention_lo"] < q4["retention"] < q4["retention_hi"]
+    assert q4["decode_tps_d0"] == 60.0 and q4["decode_tps_d128"] == 50.0
+    assert q4["python_vs_engine_d128"] == 0.96 and q4["bandwidth_fraction_d0"] == 0.4
+    assert math.isnan(table_row(df, "lora", "gguf-f16")["decode_tps_d0"])
+    assert math.isnan(table_row(df, "base", "gguf-f16")["retention_lo"])
