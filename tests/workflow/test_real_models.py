@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import real_models
 import yaml
+from conftest import LLAMA_CPP_DIR
 from test_workflow import snakemake
 
 pytestmark = pytest.mark.slow
 
-LLAMA_CPP_DIR = Path(__file__).resolve().parents[2] / ".venv" / "llama.cpp"
 
 BENCH = {
     "n_ctx": 64, "max_chunks": 2, "topk": 16, "prompt_tokens": 16, "gen_tokens": 8, "warmup": 1,
