@@ -36,6 +36,7 @@ def test_local_mistral_model_finetunes_converts_and_benchmarks(tiny_tokenizer, t
             "repetitions": 3,
             "max_repetitions": 4,
             "max_answer_tokens": 4,
+            "depths": [0, 32],  # within the 2 x 64-token reference
         },
     }
     path = tmp_path / "local.yaml"
