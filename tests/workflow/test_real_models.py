@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 BENCH = {
     "n_ctx": 64, "max_chunks": 2, "topk": 16, "prompt_tokens": 16, "gen_tokens": 4, "warmup": 1,
-    "repetitions": 3, "max_repetitions": 3, "max_answer_tokens": 4, "depths": [0],
+    "repetitions": 3, "max_repetitions": 3, "max_answer_tokens": 4, "depths": [0, 32],
     "hf": {"gen_tokens": 4, "max_repetitions": 3, "max_chunks": 2},
 }
 LORA = {"name": "lora", "method": "lora", "r": 4, "alpha": 8, "steps": 2, "batch_size": 2, "max_length": 48}
