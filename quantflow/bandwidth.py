@@ -49,16 +49,12 @@ def copy_bandwidth(threads: int, mib: int = 256, repetitions: int = 7) -> dict:
 
 def model_bytes(path: str | Path) -> dict:
     """What one decoded token reads from a GGUF file: its weights and the KV cache bytes per token of depth."""
-    from gguf import GGUFReader
+    from .gguf_file import read_header
 
-    r = GGUFReader(path)
-
-    def field(key: str):
-        f = r.fields.get(key)
-        return None if f is None else f.contents()
-
+    h = read_header(path)
+    field = h.get
     arch = field("general.architecture")
-    sizes = {t.name: int(t.n_bytes) for t in r.tensors}
+    sizes = {t.name: t.n_bytes for t in h.tensors}
     weights = sum(sizes.values())
     if "output.weight" in sizes:  # untied: the embedding is looked up (one row), not read whole
         weights -= sizes.get("token_embd.weight", 0)

@@ -30,12 +30,14 @@ OUTTYPE = "auto"
 
 def file_type(gguf_path: str | Path) -> str:
     """The GGUF's own general.file_type, by llama.cpp's name (MOSTLY_F16 -> F16, MOSTLY_BF16 -> BF16)."""
-    from gguf import GGUFReader, LlamaFileType
+    from gguf import LlamaFileType
 
-    field = GGUFReader(gguf_path).get_field("general.file_type")
-    if field is None:
+    from .gguf_file import read_header
+
+    value = read_header(gguf_path).get("general.file_type")
+    if value is None:
         return "unknown"
-    return LlamaFileType(int(field.contents())).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    return LlamaFileType(int(value)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
 
 
 def convert(hf_dir: str | Path, out: str | Path, llama_cpp_dir: str | Path, outtype: str = OUTTYPE, verify=None) -> str:

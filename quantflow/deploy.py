@@ -46,13 +46,9 @@ def sha256(path: str | Path) -> str:
 
 def gguf_facts(path: str | Path) -> dict[str, Any]:
     """What the deployment needs from the GGUF's metadata: stop tokens, chat template, context length."""
-    from gguf import GGUFReader
+    from .gguf_file import read_header
 
-    reader = GGUFReader(str(path))
-
-    def field(key: str) -> Any:
-        f = reader.fields.get(key)
-        return None if f is None else f.contents()
+    field = read_header(path, arrays=("tokenizer.ggml.tokens",)).get
 
     tokens = field("tokenizer.ggml.tokens") or []
     stops = []

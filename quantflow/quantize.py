@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from .atomic import atomic_path
+from .gguf_file import read_header
 from .gguf_types import default_type, parse_quantizer_log
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,6 @@ def check_gguf(path: str | Path) -> None:
     The message names the file and the fix: a GGUF in the workflow's tree is remade by deleting it
     and rerunning (Snakemake then reruns the job that writes it).
     """
-    from gguf import GGUFReader
-
     p = Path(path)
     fix = "delete it and rerun (the workflow remakes it), or copy it again if it came from elsewhere"
     size = p.stat().st_size
@@ -39,14 +38,14 @@ def check_gguf(path: str | Path) -> None:
             what = "an empty file" if size == 0 else "not a GGUF file (bad magic)"
             raise ValueError(f"{p}: {what}; {fix}")
     try:
-        r = GGUFReader(p)
-    except Exception as e:  # noqa: BLE001 - the reader raises many types on truncated files
+        h = read_header(p)
+    except Exception as e:  # noqa: BLE001 - a cut header raises struct.error, a garbled one ValueError
         raise ValueError(f"{p}: truncated or corrupted GGUF ({size} bytes; {e}); {fix}") from e
-    if not r.tensors:
+    if not h.tensors:
         raise ValueError(f"{p}: GGUF holds no tensors ({size} bytes); {fix}")
-    end = max(int(t.data_offset) + int(t.n_bytes) for t in r.tensors)
+    end = max(t.data_offset + t.n_bytes for t in h.tensors)
     if end > size:
-        short = [t.name for t in r.tensors if int(t.data_offset) + int(t.n_bytes) > size]
+        short = [t.name for t in h.tensors if t.data_offset + t.n_bytes > size]
         raise ValueError(
             f"{p}: truncated GGUF ({size} of {end} bytes; {len(short)} tensor(s) cut, first {short[0]}); {fix}"
         )
@@ -55,16 +54,14 @@ def check_gguf(path: str | Path) -> None:
 def tensor_summary(path: str | Path) -> dict:
     """Parameter count, bits per weight, a count of tensors per ggml type, and each tensor's type, shape
     and bytes, from the file itself."""
-    from gguf import GGUFReader
-
-    r = GGUFReader(path)
-    n_params = sum(int(t.n_elements) for t in r.tensors)
-    n_bytes = sum(int(t.n_bytes) for t in r.tensors)
+    tensors = read_header(path).tensors
+    n_params = sum(t.n_elements for t in tensors)
+    n_bytes = sum(t.n_bytes for t in tensors)
     return {
         "n_params": n_params,
         "bits_per_weight": 8.0 * n_bytes / n_params,
-        "tensor_types": dict(Counter(t.tensor_type.name for t in r.tensors)),
-        "tensors": {t.name: (t.tensor_type.name, [int(x) for x in t.shape], int(t.n_bytes)) for t in r.tensors},
+        "tensor_types": dict(Counter(t.type_name for t in tensors)),
+        "tensors": {t.name: (t.type_name, t.shape, t.n_bytes) for t in tensors},
     }
 
 

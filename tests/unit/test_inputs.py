@@ -49,7 +49,7 @@ def test_quantize_refuses_a_truncated_f16_and_leaves_nothing(tiny_f16, tmp_path)
     bad = _cut(tiny_f16, tmp_path / "f16.gguf", tiny_f16.stat().st_size // 3)
     out = tmp_path / "out" / "Q8_0.gguf"
     out.parent.mkdir()
-    with pytest.raises(ValueError, match=r"f16.gguf: truncated or corrupted GGUF"):
+    with pytest.raises(ValueError, match=r"f16.gguf: truncated (or corrupted )?GGUF"):
         quantize(bad, out, {"type": "Q8_0"}, 1, LLAMA_CPP_DIR)
     assert list(out.parent.iterdir()) == []
 

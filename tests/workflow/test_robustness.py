@@ -244,6 +244,7 @@ def test_one_broken_variant_fails_alone_and_the_report_says_why(interrupted, cfg
     assert {r for r, _ in plan.values()} == {"all", "bench", "quantize", "similarity", "report"}
     assert {o for o, (r, _) in plan.items() if r in ("bench", "quantize")} == {
         str(gguf.relative_to(wd)),
+        str(gguf.with_suffix(".plan.json").relative_to(wd)),  # the quantize job's second output
         "results/tiny/base/bench/gguf-Q4_K_M.json",
     }
     p = run(wd, cfg)

@@ -315,8 +315,8 @@ def test_every_job_ran_as_a_slurm_job(runs, cluster):
     assert ids and set(ids) <= set(jobs), (ids, jobs)
     assert all(jobs[i]["state"] == "COMPLETED" and jobs[i]["node"] == cluster.host for i in ids)
     rules = [rule_of(jobs[i]) for i in ids]
-    want = {"demo_data": 1, "demo_tokenizer": 1, "demo_base": 1, "convert": 1, "quantize": 1, "reference": 1,
-            "bench": 2, "similarity": 1, "report": 1}
+    want = {"demo_data": 1, "demo_tokenizer": 1, "demo_base": 1, "render_suites": 1, "convert": 1, "quantize": 1,
+            "reference": 1, "bench": 2, "bandwidth": 1, "similarity": 1, "report": 1}
     assert {r: rules.count(r) for r in set(rules)} == want
     # Benchmarks had the node to themselves (sbatch --exclusive: no oversubscription, all its CPUs).
     bench = [i for i in ids if rule_of(jobs[i]) == "bench"]
