@@ -7,11 +7,11 @@ import struct
 
 import pytest
 import real_models
+from conftest import LLAMA_CPP_DIR
 from gguf import GGUFReader
 
 from quantflow.gguf_file import ArrayLen, read_header
 from quantflow.quantize import quantize
-from conftest import LLAMA_CPP_DIR
 
 
 def _same_as_gguf_reader(path) -> None:
