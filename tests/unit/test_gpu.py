@@ -50,7 +50,8 @@ def _suite(tiny_data):
 
 def _check_gpu_result(r: dict) -> None:
     assert r["status"] == "ok", r.get("reason")
-    assert r["device"].startswith("cuda") and torch.cuda.get_device_name(0) in r["device"]
+    assert r["device"] == "cuda" and r["device_name"] == torch.cuda.get_device_name(0)
+    assert r["gpu"]["name"] == r["device_name"] and r["gpu"]["start"]["sm_clock_mhz"] > 0, r.get("gpu")
     m = r["memory"]
     # NVML saw the model on the device: VRAM in use, and utilisation sampled while it ran
     assert m["peak_vram_mb"] > 0 and m["vram_scope"] in ("process", "device"), m
