@@ -132,9 +132,9 @@ def test_render_charts_and_llama_bench_columns(tmp_path: Path) -> None:
         assert "llama-bench tg" in text and "ours / engine" in text
         assert "cost of the Python path" in text  # glossary
     # The speed table, llama-bench's tg with its own CV (stdev 0.5 of 62.5: 1 %)
-    assert "| gguf-Q4_K_M ★ | 50.0 [47.5–52.5] | 2.50x [2.48–2.52] | 2.0 | 62.5 ±1 % | 0.80x |" in md
+    assert "| gguf-Q4_K_M ★ | cpu | 50.0 [47.5–52.5] | 2.50x [2.48–2.52] | 2.0 | 62.5 ±1 % | 0.80x |" in md
     # lora's results carry no llama_bench block: both cells are blank.
-    assert "| gguf-Q4_K_M ★ | 52.0 [49.4–54.6] | 2.48x [2.45–2.50] | 2.0 | – | – |" in md
+    assert "| gguf-Q4_K_M ★ | cpu | 52.0 [49.4–54.6] | 2.48x [2.45–2.50] | 2.0 | – | – |" in md
     html_row = re.search(r"<code>gguf-Q4_K_M ★</code></td>\s*(.*?)</tr>", html, re.S)
     assert html_row is not None and '>62.5 ±1 %</td><td class="num g-speed">0.80x</td>' in html_row.group(1)
     # Each group of columns can be hidden (a checkbox per group, CSS only).
@@ -243,6 +243,8 @@ def test_similarity_and_telemetry_flow_to_every_output(tmp_path: Path) -> None:
     results = with_similarity(answer_results())
     for r in results:
         r["memory"].update(peak_vram_mb=None, gpu_util_mean_pct=None, gpu_util_max_pct=None, vram_scope=None)
+    assert results[1]["variant"] == "gguf-Q8_0"  # run on the GPU: the VRAM budget judges GPU rows alone
+    results[1].update(variant="gguf-Q8_0@gpu", device="gpu")
     results[1]["memory"].update(peak_vram_mb=512.0, gpu_util_mean_pct=42.0, vram_scope="process")
     paths = report.render(results, [], RUN, tmp_path, quality_floor_kl=0.05, budgets={"vram_budget_mb": 400})
     df = results_table(results)
@@ -252,7 +254,8 @@ def test_similarity_and_telemetry_flow_to_every_output(tmp_path: Path) -> None:
     assert {"similarity_mean", "similarity_min", "retention", "peak_vram_mb", "gpu_util_mean_pct"} <= set(csv.columns)
     doc = json.loads(paths["results.json"].read_text(encoding="utf-8"))
     rows = {r["variant"]: r for r in doc["rows"]}
-    assert rows["gguf-Q8_0"]["peak_vram_mb"] == 512.0 and rows["gguf-f16"]["peak_vram_mb"] is None
+    assert rows["gguf-Q8_0@gpu"]["peak_vram_mb"] == 512.0 and rows["gguf-f16"]["peak_vram_mb"] is None
+    assert rows["gguf-Q8_0@gpu"]["device"] == "gpu" and rows["gguf-f16"]["device"] == "cpu"
     assert rows["gguf-Q4_K_M"]["similarity_min"] == 0.25
     assert pd.read_parquet(paths["results.parquet"])["similarity_mean"].notna().all()
     md = paths["summary.md"].read_text(encoding="utf-8")
