@@ -54,6 +54,10 @@ def test_the_nvml_device_is_the_processes_cuda_device_0(visible, device):
     assert devices.nvml_device(visible) == device
 
 
+CUDA_BUILD = devices.cuda_in_build()
+
+
+@pytest.mark.skipif(CUDA_BUILD, reason="llama.cpp here is built with CUDA")
 def test_the_build_here_has_no_cuda_backend():
     lib = devices.llama_cpp_lib_dir()
     assert lib is not None and any(lib.glob("libllama.so*"))  # the real llama-cpp-python install
@@ -67,6 +71,7 @@ def test_a_cuda_backend_is_seen_by_its_library(tmp_path):
     assert devices.cuda_in_build(tmp_path)
 
 
+@pytest.mark.skipif(CUDA_BUILD, reason="llama.cpp here is built with CUDA")
 def test_a_gpu_row_on_this_build_gets_one_actionable_line():
     import llama_cpp
 
@@ -76,3 +81,11 @@ def test_a_gpu_row_on_this_build_gets_one_actionable_line():
         "gguf-Q4_K_M@gpu: llama.cpp here was built without CUDA (llama_supports_gpu_offload() is false); "
         "rebuild with make venv on a machine with a CUDA GPU, or drop gpu from gguf_devices"
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_BUILD, reason="llama.cpp here is built without CUDA")
+def test_a_cuda_build_offloads_where_a_gpu_is():
+    import llama_cpp
+
+    assert llama_cpp.llama_supports_gpu_offload() and devices.gpu_problem("gguf-f16@gpu") is None
