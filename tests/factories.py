@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from quantflow.variants import device_of, quant_label
+from quantflow.variants import device_of, on_device, quant_label
 
 MIB = 2**20
 PROVENANCE = {
@@ -265,3 +265,16 @@ def table_row(df: pd.DataFrame, ft: str, variant: str) -> pd.Series:
     rows = df[(df["ft"] == ft) & (df["variant"] == variant)]
     assert len(rows) == 1
     return rows.iloc[0]
+
+
+def two_device_results(gpu_speedup: float = 10.0) -> list[dict[str, Any]]:
+    """The base group of VARIANTS on the CPU and again on the GPU (``@gpu``), there ``gpu_speedup`` times as
+    fast and with its peak VRAM (the file's size plus 300 MiB of context)."""
+    cpu = [make_result("base", *spec, f16_tps=VARIANTS["base"][0][4]) for spec in VARIANTS["base"]]
+    gpu = []
+    for variant, quant, bpw, size, tps, kl, acc in VARIANTS["base"]:
+        r = make_result("base", on_device(variant, "gpu"), quant, bpw, size, tps * gpu_speedup, kl, acc,
+                        f16_tps=VARIANTS["base"][0][4] * gpu_speedup)
+        r["memory"].update(peak_vram_mb=size + 300.0, gpu_util_mean_pct=80.0, vram_scope="process")
+        gpu.append(r)
+    return cpu + gpu
