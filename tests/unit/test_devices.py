@@ -89,3 +89,18 @@ def test_a_cuda_build_offloads_where_a_gpu_is():
     import llama_cpp
 
     assert llama_cpp.llama_supports_gpu_offload() and devices.gpu_problem("gguf-f16@gpu") is None
+
+
+@pytest.mark.parametrize(("device", "ok"), [("cpu", True), ("gpu", True), ("cuda", True), ("tpu", False),
+                                            ("cuda:0 (NVIDIA H100 80GB HBM3)", True), ("cuda:0", False)])
+def test_the_result_schema_names_the_devices(device, ok):
+    from factories import make_result
+
+    from quantflow.results import validate
+
+    r = dict(make_result("base", "hf-nf4", "NF4", device="cuda"), device=device, provenance={})
+    if ok:
+        validate(r)
+    else:
+        with pytest.raises(ValueError, match="device"):
+            validate(r)
