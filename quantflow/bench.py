@@ -76,6 +76,8 @@ def greedy(llm, prompt_tokens: list[int], max_new: int, stop_newline: bool = Tru
 
     Returns (new tokens, seconds to the first token, total seconds).
     """
+    import llama_cpp
+
     llm.reset()
     nl = llm.tokenize(b"\n", add_bos=False, special=False)[-1] if stop_newline else None
     eos = llm.token_eos()
@@ -91,6 +93,7 @@ def greedy(llm, prompt_tokens: list[int], max_new: int, stop_newline: bool = Tru
             break
         out.append(tok)
         llm.eval([tok])
+    llama_cpp.llama_synchronize(llm._ctx.ctx)  # the last step's GPU work is part of the latency
     return out, ttft if ttft is not None else 0.0, time.perf_counter() - t0
 
 
@@ -103,6 +106,9 @@ def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float | None, float]
     one preallocated one-token batch, as llama-bench's tg does, plus a greedy argmax over the logits
     (what a real generation needs): `Llama.eval` would add a KV cache scan, a batch rebuild and
     bookkeeping per token, Python cost that is not the engine's.
+
+    llama_decode returns before a GPU has finished (reading the logits waits for it): the clock is read
+    after llama_synchronize, so the prompt and the last step are timed to their end (a no-op on the CPU).
     """
     import llama_cpp
 
@@ -111,6 +117,7 @@ def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float | None, float]
     t0 = time.perf_counter()
     if prompt:
         llm.eval(prompt)
+        llama_cpp.llama_synchronize(llm._ctx.ctx)
     t1 = time.perf_counter()
     ctx, n_vocab, pos = llm._ctx.ctx, llm.n_vocab(), llm.n_tokens
     batch = llama_cpp.llama_batch_init(1, 0, 1)
@@ -136,6 +143,7 @@ def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float | None, float]
             if (rc := decode(ctx, batch)) != 0:
                 raise RuntimeError(f"llama_decode failed (code {rc}) at position {pos}")
             pos += 1
+        llama_cpp.llama_synchronize(ctx)
         t2 = time.perf_counter()
     finally:
         llama_cpp.llama_batch_free(batch)
