@@ -1,8 +1,11 @@
-"""The GPU paths, for real: bitsandbytes on CUDA, GPTQ calibrated and run with CUDA kernels, QLoRA, NVML.
+"""The GPU paths, for real: GGUF with every layer on the GPU (a CUDA build of llama.cpp), bitsandbytes on
+CUDA, GPTQ calibrated and run with CUDA kernels, QLoRA, NVML.
 
-Every test here needs a CUDA device and is skipped without one (CI has none). On a GPU machine,
-`pytest tests/unit/test_gpu.py tests/unit/test_hf_bench.py tests/unit/test_gptq.py tests/unit/test_finetune.py
-tests/unit/test_telemetry.py` runs these and the device-agnostic tests of the same modules on the GPU.
+Every test here needs a CUDA device and is skipped without one (CI has none); the GGUF one also needs
+llama.cpp built with CUDA (`make venv` on the GPU machine). On a GPU machine, `pytest tests/unit/test_gpu.py
+tests/unit/test_hf_bench.py tests/unit/test_gptq.py tests/unit/test_finetune.py tests/unit/test_telemetry.py
+tests/unit/test_devices.py` runs these and the device-agnostic tests of the same modules on the GPU;
+scripts/gpu_check.sh runs the CUDA build, these and a tiny workflow on both devices.
 """
 
 import logging
