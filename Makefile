@@ -1,7 +1,8 @@
 # quantflow: set-up and entry points.
 #
 #   make venv       create/update .venv (a no-op when nothing changed); TORCH_INDEX_URL=URL takes torch
-#                   from that wheel index, e.g. a CPU-only one on a machine without a GPU (README, Set-up)
+#                   from that wheel index, e.g. a CPU-only one on a machine without a GPU (README, Set-up);
+#                   LLAMA_CUDA=auto|on|off builds llama.cpp with CUDA where a GPU is (README, GPU)
 #   make run        run the workflow:  make run CORES=8 SNAKEMAKE_ARGS="-n"
 #   make test       run the tests:     make test PYTEST_ARGS="-m 'not slow'"
 #   make lint       snakemake --lint, snakefmt --check, ruff check
@@ -31,9 +32,17 @@ TORCH_INDEX_URL ?=
 # Downloaded llama-cpp-python sdists live outside .venv so that rebuilding it does not download again.
 SDIST_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/quantflow/sdist
 
+# llama.cpp is built with CUDA where nvidia-smi reports a GPU and a toolkit is found (auto), always (on:
+# an error without them) or never (off); see scripts/build_llama_tools.py. Without a GPU it changes nothing.
+LLAMA_CUDA ?= auto
+# The GPUs' compute capabilities (empty without nvidia-smi): a GPU machine's install is keyed by them too.
+GPU_CAPS := $(strip $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | sort -u | tr '\n' ' '))
 # The install is redone when pyproject.toml, constraints.txt or what is taken from the llama.cpp sources
-# change (content, not mtime): the stamp's name carries a hash of them.
-DEPS_HASH := $(shell cat pyproject.toml constraints.txt scripts/setup_llama_cpp.py | { sha256sum 2>/dev/null || shasum -a 256; } | cut -c1-16)
+# change (content, not mtime): the stamp's name carries a hash of them. On a machine with a GPU the GPUs,
+# LLAMA_CUDA and the build script (the CUDA flavour) count too; on one without, the hash is what it was.
+DEPS_HASH := $(shell { cat pyproject.toml constraints.txt scripts/setup_llama_cpp.py; \
+  $(if $(GPU_CAPS),echo '$(GPU_CAPS) $(LLAMA_CUDA)'; cat scripts/build_llama_tools.py;) } \
+  | { sha256sum 2>/dev/null || shasum -a 256; } | cut -c1-16)
 INSTALL_STAMP := $(VENV)/.installed-$(DEPS_HASH)
 TORCH_PIN := $(shell grep -E '^torch==' constraints.txt)
 PIP_PIN := $(shell grep -E '^pip==' constraints.txt)
@@ -86,9 +95,15 @@ $(INSTALL_STAMP): | $(PY)
 	@$(PY) scripts/setup_llama_cpp.py --version '$(LLAMA_CPP_PY_VERSION)' --dest $(VENV)/llama.cpp --cache '$(SDIST_CACHE)'
 	@echo '==> llama-cpp-python $(LLAMA_CPP_PY_VERSION) and llama.cpp tools (compiled once per machine)'
 	@$(PY) scripts/build_llama_tools.py --version '$(LLAMA_CPP_PY_VERSION)' --dest $(VENV)/llama.cpp/bin \
-	  --cache '$(SDIST_CACHE)' --build-cache '$(BUILD_CACHE)' --print-wheel-dir > $(VENV)/.llama-wheel-dir
+	  --cache '$(SDIST_CACHE)' --build-cache '$(BUILD_CACHE)' --cuda '$(LLAMA_CUDA)' \
+	  --flavour-file $(VENV)/.llama-flavour --print-wheel-dir > $(VENV)/.llama-wheel-dir
 	@$(LOGGED) "installing quantflow and its pinned dependencies" \
 	  $(PIP) install -c constraints.txt --find-links "$$(cat $(VENV)/.llama-wheel-dir)" -e '.[test,gptq]'
+	@# The same version is already installed where this venv had the CPU build: replace it with this one.
+	@if [ "$$(cat $(VENV)/.llama-flavour)" != cpu ]; then \
+	  $(LOGGED) "installing the $$(cat $(VENV)/.llama-flavour) build of llama-cpp-python" \
+	    $(PIP) install --no-deps --force-reinstall --no-index --find-links "$$(cat $(VENV)/.llama-wheel-dir)" \
+	    'llama-cpp-python==$(LLAMA_CPP_PY_VERSION)'; fi
 	@# --no-deps: gptqmodel's metadata pins numpy==2.2.6; its real dependencies come with the gptq extra above.
 	@$(LOGGED) "installing $(GPTQ_PIN) (pure Python, CPU or GPU)" $(PIP) install --no-deps -c constraints.txt '$(GPTQ_PIN)'
 	@# A warning, never a failure: a CUDA build runs on a CPU-only machine too; a GPU machine keeps it.

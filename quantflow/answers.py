@@ -2,7 +2,8 @@
 
 A flip is a test question the variant answers differently right / wrong from the f16 reference of the
 same model / fine-tune: ``lost`` (right -> wrong) or ``gained`` (wrong -> right). Accuracy can stay
-equal while answers flip both ways.
+equal while answers flip both ways. The reference's answers are the CPU's f16 (the quality reference
+of every device's rows), or the GPU's f16 in a run without CPU rows.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from .results import number
-from .variants import REFERENCE
+from .variants import REFERENCE, on_device
 
 
 def _answers_by_key(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], list[Mapping[str, Any]]]:
@@ -28,6 +29,11 @@ def _answers_by_key(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str
         else:
             out.pop(key, None)
     return out
+
+
+def _reference_key(by_key: Mapping, model: str, ft: str) -> tuple[str, str, str]:
+    cpu = (model, ft, REFERENCE)
+    return cpu if cpu in by_key else (model, ft, on_device(REFERENCE, "gpu"))
 
 
 def _is_number(value: Any) -> bool:
@@ -50,7 +56,7 @@ def answer_flips(results: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, s
     by_key = _answers_by_key(results)
     out: dict[tuple[str, str, str], dict[str, int]] = {}
     for (model, ft, variant), answers in by_key.items():
-        ref = by_key.get((model, ft, REFERENCE))
+        ref = by_key.get(_reference_key(by_key, model, ft))
         if ref is None:
             continue
         ref_correct = {str(a["id"]): bool(a["correct"]) for a in ref}
@@ -77,8 +83,9 @@ def answers_side_by_side(results: Sequence[Mapping[str, Any]], df: pd.DataFrame)
     by_key = _answers_by_key(results)
     groups = []
     for (model, ft), group in df.groupby(["model", "ft"], sort=False):
-        variants = [v for v in group["variant"] if (model, ft, v) in by_key and v != REFERENCE]
-        ref_answers = by_key.get((model, ft, REFERENCE))
+        ref_key = _reference_key(by_key, model, ft)
+        variants = [v for v in group["variant"] if (model, ft, v) in by_key and (model, ft, v) != ref_key]
+        ref_answers = by_key.get(ref_key)
         if not variants and ref_answers is None:
             continue
         ref = {str(a["id"]): a for a in ref_answers or []}

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from . import quality, speed, stats
+from .devices import ALL_LAYERS, BENCH_ALL_LAYERS
 from .tasks import checked_answers, flips_against
 
 log = logging.getLogger(__name__)
 
 
-def load(path: str | Path, n_ctx: int, threads: int, logits_all: bool = False, mmap: bool = False):
+def load(path: str | Path, n_ctx: int, threads: int, logits_all: bool = False, mmap: bool = False, gpu: bool = False):
     """Load the GGUF with flash attention on, as llama-bench, llama-perplexity and llama-cli have it
     (their default "auto" turns it on for the CPU; llama-cpp-python's flash_attn=False turns it off,
     which cost ~11 % of the decode rate on the demo, measured paired against llama-bench).
@@ -30,9 +31,18 @@ def load(path: str | Path, n_ctx: int, threads: int, logits_all: bool = False, m
     pages and the repacked copy resident, and RSS would count those weights twice. The decode rounds
     load with ``mmap`` (llama-bench's default): decoding from the mapped file ran ~7 % faster than
     from the anonymous copy on the demo, paired and interleaved.
-    """
-    from llama_cpp import Llama
 
+    ``gpu``: every layer on the process's CUDA device 0 (a GPU row), one GPU only (no split across the
+    visible ones, so the figure is one GPU's); else none, and no op offload either (a CPU row: with a CUDA
+    build, llama.cpp would still send large prompt batches to a GPU it sees; see quantflow.devices).
+    """
+    from llama_cpp import LLAMA_SPLIT_MODE_NONE, Llama
+
+    placement = (
+        {"n_gpu_layers": ALL_LAYERS, "split_mode": LLAMA_SPLIT_MODE_NONE, "main_gpu": 0}
+        if gpu
+        else {"n_gpu_layers": 0, "op_offload": False}
+    )
     return Llama(
         model_path=str(path),
         n_ctx=n_ctx,
@@ -45,6 +55,7 @@ def load(path: str | Path, n_ctx: int, threads: int, logits_all: bool = False, m
         flash_attn=True,
         verbose=False,
         seed=0,
+        **placement,
     )
 
 
@@ -65,6 +76,8 @@ def greedy(llm, prompt_tokens: list[int], max_new: int, stop_newline: bool = Tru
 
     Returns (new tokens, seconds to the first token, total seconds).
     """
+    import llama_cpp
+
     llm.reset()
     nl = llm.tokenize(b"\n", add_bos=False, special=False)[-1] if stop_newline else None
     eos = llm.token_eos()
@@ -80,6 +93,7 @@ def greedy(llm, prompt_tokens: list[int], max_new: int, stop_newline: bool = Tru
             break
         out.append(tok)
         llm.eval([tok])
+    llama_cpp.llama_synchronize(llm._ctx.ctx)  # the last step's GPU work is part of the latency
     return out, ttft if ttft is not None else 0.0, time.perf_counter() - t0
 
 
@@ -92,6 +106,9 @@ def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float | None, float]
     one preallocated one-token batch, as llama-bench's tg does, plus a greedy argmax over the logits
     (what a real generation needs): `Llama.eval` would add a KV cache scan, a batch rebuild and
     bookkeeping per token, Python cost that is not the engine's.
+
+    llama_decode returns before a GPU has finished (reading the logits waits for it): the clock is read
+    after llama_synchronize, so the prompt and the last step are timed to their end (a no-op on the CPU).
     """
     import llama_cpp
 
@@ -100,6 +117,7 @@ def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float | None, float]
     t0 = time.perf_counter()
     if prompt:
         llm.eval(prompt)
+        llama_cpp.llama_synchronize(llm._ctx.ctx)
     t1 = time.perf_counter()
     ctx, n_vocab, pos = llm._ctx.ctx, llm.n_vocab(), llm.n_tokens
     batch = llama_cpp.llama_batch_init(1, 0, 1)
@@ -125,6 +143,7 @@ def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float | None, float]
             if (rc := decode(ctx, batch)) != 0:
                 raise RuntimeError(f"llama_decode failed (code {rc}) at position {pos}")
             pos += 1
+        llama_cpp.llama_synchronize(ctx)
         t2 = time.perf_counter()
     finally:
         llama_cpp.llama_batch_free(batch)
@@ -157,8 +176,10 @@ def measure_speed(
     suite: list[dict],
     f16: str | Path | None = None,
     llama_cpp_dir: str | Path | None = None,
+    gpu: bool = False,
 ) -> tuple[dict, dict]:
-    """:func:`quantflow.speed.measure` for a GGUF file (loaded without mmap, see :func:`load`).
+    """:func:`quantflow.speed.measure` for a GGUF file (loaded without mmap, see :func:`load`), on the CPU or,
+    with ``gpu``, every layer on the GPU (the f16 it is paired with too; llama-bench with -ngl 99).
 
     Each round also decodes with the f16 reference ``f16`` (``speedup_vs_f16``: the paired ratio; the
     f16 file itself is paired with a second run of itself, so its ratio shows the pairing's own noise),
@@ -177,24 +198,27 @@ def measure_speed(
 
         def f16_run(model) -> dict[str, float]:
             if not same and "f16" not in others:
-                others["f16"] = load(f16, n_ctx, threads, mmap=True)  # after the peak RSS was read
+                others["f16"] = load(f16, n_ctx, threads, mmap=True, gpu=gpu)  # after the peak RSS was read
             return {"f16_decode_tps": decode_run(model if same else others["f16"], prompt[:n_prompt], n_gen)[1]}
 
         companions.append(f16_run)
     if depths:
         companions.append(lambda m: {f"decode_tps_d{d}": decode_run(m, prompt[:d], n_gen)[1] for d in depths})
+    engine_setup: dict = {}  # what llama-bench reports it ran on (its -ngl, its backends)
     if llama_cpp_dir is not None:
         from .llama_tools import llama_bench
 
         def engine_run(_) -> dict[str, float]:
-            r = llama_bench(llama_cpp_dir, path, threads, n_prompt, n_gen, 1, depths)
+            r = llama_bench(llama_cpp_dir, path, threads, n_prompt, n_gen, 1, depths,
+                            n_gpu_layers=BENCH_ALL_LAYERS if gpu else 0)
+            engine_setup.update({k: r[k] for k in ("n_gpu_layers", "backends") if k in r})
             tg = {f"engine_tg_tps_d{d}": rate for d, (rate, _) in r["tg_by_depth"].items()}
             return {"engine_pp_tps": r["pp_tps"], **tg}
 
         companions.append(engine_run)
     try:
         sp, memory, rounds = speed.measure(
-            load=lambda: load(path, n_ctx, threads),
+            load=lambda: load(path, n_ctx, threads, gpu=gpu),
             close=lambda llm: llm.close(),
             decode=decode_run,
             answer=_timed_answer,
@@ -204,12 +228,15 @@ def measure_speed(
             prompt=prompt[:n_prompt],
             suite=suite,
             companions=companions,
-            reload=lambda: load(path, n_ctx, threads, mmap=True),
+            reload=lambda: load(path, n_ctx, threads, mmap=True, gpu=gpu),
+            gpu=gpu,
         )
     finally:
         for m in others.values():
             m.close()
     sp.update(paired_blocks(rounds, n_prompt, depths, threads, n_gen))
+    if "llama_bench" in sp:
+        sp["llama_bench"].update(engine_setup)
     return sp, memory
 
 
@@ -250,11 +277,12 @@ def paired_blocks(rounds: dict[str, list[float]], n_prompt: int, depths: list[in
 
 
 def measure_speed_isolated(
-    path: str | Path, cfg: dict, threads: int, prompt: list[int], suite: list[dict], f16=None, llama_cpp_dir=None
+    path: str | Path, cfg: dict, threads: int, prompt: list[int], suite: list[dict], f16=None, llama_cpp_dir=None,
+    gpu: bool = False,
 ):
     """:func:`measure_speed` in a fresh interpreter that imports only llama_cpp and numpy."""
     job = {"path": path, "cfg": cfg, "threads": threads, "prompt": prompt, "suite": suite, "f16": f16}
-    job["llama_cpp_dir"] = llama_cpp_dir
+    job.update(llama_cpp_dir=llama_cpp_dir, gpu=gpu)
     payload = {k: str(v) if isinstance(v, Path) else v for k, v in job.items()}
     out = speed.run_isolated("quantflow.bench", payload, str(path))
     return out["speed"], out["memory"]
@@ -262,7 +290,7 @@ def measure_speed_isolated(
 
 def _isolated_job(job: dict) -> dict:
     args = (job["path"], job["cfg"], job["threads"], job["prompt"], job["suite"], job["f16"], job["llama_cpp_dir"])
-    sp, memory = measure_speed(*args)
+    sp, memory = measure_speed(*args, gpu=job.get("gpu", False))
     return {"speed": sp, "memory": memory}
 
 
@@ -277,18 +305,20 @@ def make_reference(path: str | Path, heldout_text: str, cfg: dict, threads: int)
         llm.close()
 
 
-def measure_quality(path: str | Path, ref: dict[str, np.ndarray], cfg: dict, threads: int) -> dict:
+def measure_quality(path: str | Path, ref: dict[str, np.ndarray], cfg: dict, threads: int, gpu: bool = False) -> dict:
     """:func:`quantflow.quality.quality_of` for a GGUF file."""
-    llm = load(path, cfg["n_ctx"], threads, logits_all=True)
+    llm = load(path, cfg["n_ctx"], threads, logits_all=True, gpu=gpu)
     try:
         return quality.quality_of(llm, ref)
     finally:
         llm.close()
 
 
-def answer_tasks(path: str | Path, items: list[dict], cfg: dict, threads: int) -> tuple[list[dict], dict]:
+def answer_tasks(
+    path: str | Path, items: list[dict], cfg: dict, threads: int, gpu: bool = False
+) -> tuple[list[dict], dict]:
     """Greedy answers to the test set, checked; accuracy overall and per category."""
-    llm = load(path, cfg["n_ctx"], threads)
+    llm = load(path, cfg["n_ctx"], threads, gpu=gpu)
     try:
         texts = []
         for it in items:
@@ -311,6 +341,7 @@ def run_variant(
     f16: str | Path | None = None,
     reference_answers: list[dict] | None = None,
     machine: dict | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Every measurement of one GGUF variant, as a result dict (see result.schema.yaml).
 
@@ -318,21 +349,27 @@ def run_variant(
     quality passes allocate their buffers. With ``f16`` the speed rounds pair this variant with its f16
     reference; with ``llama_cpp_dir`` with llama-bench; ``reference_answers`` (the f16's checked
     answers) give the flips and McNemar's p; ``machine`` (:func:`quantflow.bandwidth.copy_bandwidth`)
-    the bandwidth fractions.
+    the bandwidth fractions. ``device``: "cpu", or "gpu" (every layer offloaded; the GPU's telemetry and
+    state are recorded, the result's ``gpu`` block).
     """
+    from .provenance import cpu_model
     from .quantize import sha256, tensor_summary
+
+    gpu = device == "gpu"
 
     ref = quality.load_reference(reference)
     if not prompts:
         raise ValueError("the prompt suite is empty: latency and answers need at least one prompt")
     deepest = max([cfg["prompt_tokens"], *cfg.get("depths", [])])
     prompt = quality.prompt_of(ref, deepest)
-    sp, memory = measure_speed_isolated(gguf, cfg, threads, prompt, prompts, f16, llama_cpp_dir)
+    sp, memory = measure_speed_isolated(gguf, cfg, threads, prompt, prompts, f16, llama_cpp_dir, gpu)
     engine = sp.pop("llama_bench", None)
-    if machine is not None:
+    gpu_state = memory.pop("gpu", None)
+    # The machine's bandwidth is the CPU's copy rate: a GPU row's decode reads VRAM, another bandwidth.
+    if machine is not None and not gpu:
         sp["bandwidth"] = bandwidth_block(gguf, sp, machine)
-    qual = measure_quality(gguf, ref, cfg, threads)
-    answers, acc = answer_tasks(gguf, test, cfg, threads)
+    qual = measure_quality(gguf, ref, cfg, threads, gpu)
+    answers, acc = answer_tasks(gguf, test, cfg, threads, gpu)
     qual.update(acc)
     if reference_answers is not None:
         qual.update(flips_against(answers, reference_answers))
@@ -343,6 +380,9 @@ def run_variant(
         "format": "gguf",
         "status": "ok",
         "reason": None,
+        "device": device,
+        "device_name": (gpu_state or {}).get("name") or ("GPU (NVML n/a)" if gpu else cpu_model()),
+        **({"gpu": gpu_state} if gpu_state else {}),
         "file": {
             "path": str(gguf),
             "bytes": Path(gguf).stat().st_size,

@@ -30,7 +30,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
 from .recommend import pareto_front
-from .table import category_columns, is_missing
+from .table import GROUP_KEYS, category_columns, device_group, is_missing
 from .variants import REFERENCE, short_name
 
 FRONT = "C0"
@@ -41,27 +41,32 @@ CHOSEN = "C3"
 def charts(
     df: pd.DataFrame,
     floor: float,
-    chosen: Mapping[tuple[str, str], str | None] | None = None,
+    chosen: Mapping[tuple[str, str, str], str | None] | None = None,
     training: Sequence[Mapping[str, Any]] = (),
     results: Sequence[Mapping[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Every chart of the page: ``{kind, model, ft, title, svg, caption}`` (svg None: nothing to plot).
 
-    ``chosen``: the recommended variant per (model, ft); ``training``: the fine-tunes' metrics (their
+    ``chosen``: the recommended variant per (model, ft, device); one chart set per model / fine-tune /
+    device (rows on two devices are never drawn as one front); ``training``: the fine-tunes' metrics (their
     ``loss_curve``); ``results``: the result JSONs, for the decode rate by depth (``speed.by_depth``).
     """
     chosen = chosen or {}
     ok = df.loc[df["status"] == "ok"]
     out = []
-    for idx, ((model, ft), group) in enumerate(ok.groupby(["model", "ft"], sort=False)):
+    if "device" not in ok.columns:
+        ok = ok.assign(device="cpu")
+    several = ok["device"].nunique() > 1
+    for idx, ((model, ft, device), group) in enumerate(ok.groupby(GROUP_KEYS, sort=False, dropna=False)):
         prefix = f"qf{idx}-"
+        on = f" on the {device}" if several else ""  # a run on one device keeps its titles
         out.append(
             {
                 "kind": "pareto",
                 "model": model,
                 "ft": ft,
-                "title": f"{model} / {ft}: fidelity against speed",
-                "svg": pareto_svg(group, floor, chosen.get((model, ft)), prefix + "p-"),
+                "title": f"{model} / {ft}{on}: fidelity against speed",
+                "svg": pareto_svg(group, floor, chosen.get((model, ft, device)), prefix + "p-"),
                 "caption": (
                     "Bottom right is best: lower KL, faster decode. The line joins the Pareto-optimal variants, "
                     "which are labelled with the recommended one (red ring); hover a grey point for its name "
@@ -76,7 +81,7 @@ def charts(
                 "kind": "categories",
                 "model": model,
                 "ft": ft,
-                "title": f"{model} / {ft}: accuracy per task category",
+                "title": f"{model} / {ft}{on}: accuracy per task category",
                 "svg": categories_svg(group, category_columns(df), prefix + "c-", _category_detail(results, model, ft)),
                 "caption": "Share of each category's test questions answered right, per variant (hover a cell "
                 "for the count and its 95 % interval where measured).",
@@ -85,7 +90,7 @@ def charts(
         by_depth = {
             r.get("variant"): (r.get("speed") or {}).get("by_depth")
             for r in results
-            if (r.get("model"), r.get("ft")) == (model, ft) and r.get("status") == "ok"
+            if (r.get("model"), r.get("ft"), device_group(r)) == (model, ft, device) and r.get("status") == "ok"
         }
         depth = depth_svg({v: d for v, d in by_depth.items() if d}, prefix + "d-")
         if depth is not None:
@@ -94,7 +99,7 @@ def charts(
                     "kind": "depth",
                     "model": model,
                     "ft": ft,
-                    "title": f"{model} / {ft}: decode speed against context depth",
+                    "title": f"{model} / {ft}{on}: decode speed against context depth",
                     "svg": depth,
                     "caption": "Decode tok/s at each KV depth: ours (solid) and llama-bench -d (dashed).",
                 }

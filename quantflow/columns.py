@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from .display import fmt, na, p_value, with_ci, with_se
-from .limits import Constraint
+from .limits import GPU_BUDGETS, Constraint
 from .table import category_columns, is_missing
 from .templating import MARKS, MISSING
 
@@ -67,7 +67,17 @@ def _flips(r: Mapping[str, Any]) -> str:
     return f"{int(r['flips_lost'])} / {int(r['flips_gained'])}"
 
 
+def _device(r: Mapping[str, Any]) -> str:
+    return MISSING if is_missing(r.get("device")) else str(r["device"])
+
+
+def _vram(r: Mapping[str, Any]) -> str:
+    # n/a on the CPU whatever NVML saw: a CPU row holds no GPU memory of its own (the budget skips it too).
+    return na(r["peak_vram_mb"] if r.get("device") == "gpu" else None, ".0f")
+
+
 COLUMNS: tuple[Column, ...] = (
+    Column("speed", "Device", _device),
     Column("speed", "Decode tok/s median [p10–p90]", _decode),
     Column("speed", "vs f16 [95 % CI]",
            lambda r: with_ci(r["speedup_vs_f16"], r["speedup_vs_f16_lo"], r["speedup_vs_f16_hi"], ".2f", suffix="x")),
@@ -81,7 +91,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("memory", "Size MB", lambda r: fmt(r["size_mb"], ".1f")),
     Column("memory", "BPW", _bpw),
     Column("memory", "Peak RSS MB", lambda r: fmt(r["peak_rss_mb"], ".0f"), "ram_budget_mb"),
-    Column("memory", "Peak VRAM MB", lambda r: na(r["peak_vram_mb"], ".0f"), "vram_budget_mb"),
+    Column("memory", "Peak VRAM MB", _vram, "vram_budget_mb"),
     Column("memory", "GPU util %", lambda r: na(r["gpu_util_mean_pct"], ".0f")),
     Column("fidelity", "KL mean ± SE", lambda r: with_se(r["kl_mean"], r["kl_mean_se"], ".3g"), "quality_floor_kl"),
     Column("fidelity", "KL p99", lambda r: fmt(r["kl_p99"], ".3g")),
@@ -108,12 +118,14 @@ def category_column_specs(df: pd.DataFrame) -> list[Column]:
 
 def results_groups(
     df: pd.DataFrame,
-    chosen: Mapping[tuple[str, str], str | None],
+    chosen: Mapping[tuple[str, str, str], str | None],
     constraints: Sequence[Constraint] = (),
 ) -> dict[str, Any]:
     """``{columns: [{group, header}], groups: [{model, ft, rows: [{variant, recommended, cells}]}]}``.
 
-    Each cell is ``{group, text, miss}``; ``miss`` marks a measured value outside a limit in force.
+    ``chosen``: the recommended variant per (model, ft, device): one row per device can be marked. Each
+    cell is ``{group, text, miss}``; ``miss`` marks a measured value outside a limit in force (the VRAM
+    budget on GPU rows only).
     """
     columns = [*COLUMNS, *category_column_specs(df)]
     ok = df.loc[df["status"] == "ok"].assign(latency_ms=df["latency_s"] * 1000.0)
@@ -125,10 +137,12 @@ def results_groups(
             cells = []
             for col in columns:
                 limit = by_key.get(col.constraint or "")
+                if limit is not None and limit.key in GPU_BUDGETS and r.get("device") != "gpu":
+                    limit = None
                 value = r.get(limit.column) if limit else None
                 miss = limit is not None and not is_missing(value) and limit.shortfall(value) > 0
                 cells.append({"group": col.group, "text": col.cell(r), "miss": miss})
-            recommended = r["variant"] == chosen.get((model, ft))
+            recommended = r["variant"] == chosen.get((model, ft, r.get("device")))
             rows.append({"variant": r["variant"], "recommended": recommended, "cells": cells})
         groups.append({"model": model, "ft": ft, "rows": rows})
     return {"columns": [{"group": c.group, "header": c.header} for c in columns], "groups": groups}

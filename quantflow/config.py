@@ -263,12 +263,19 @@ def _gpu_errors(cfg: dict) -> list[str]:
     """gpu_jobs: false declares a run without GPUs: a GPU-only variant could never be measured."""
     if cfg["gpu_jobs"]:
         return []
-    return [
+    errs = [
         f"config key hf_variants[{i}]: {v} needs a CUDA GPU but gpu_jobs is false (no GPU in this run); "
         f"remove {v}, or set gpu_jobs: true and run where a GPU is visible"
         for i, v in enumerate(cfg["hf_variants"])
         if v in GPU_ONLY_VARIANTS
     ]
+    devices = cfg.get("gguf_devices", [])
+    if "gpu" in devices:
+        errs.append(
+            f"config key gguf_devices[{devices.index('gpu')}]: gpu rows need a CUDA GPU but gpu_jobs is false "
+            "(no GPU in this run); remove gpu from gguf_devices, or set gpu_jobs: true and run where a GPU is visible"
+        )
+    return errs
 
 
 # Budgets below these cannot be meant in their unit: no model process runs in under 16 MiB (Python and

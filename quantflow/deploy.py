@@ -78,7 +78,8 @@ def settings(result: Mapping[str, Any]) -> dict[str, Any]:
         "n_ubatch": speed.get("n_ubatch") or n_ctx,
         "use_mmap": bool((result.get("memory") or {}).get("use_mmap", False)),
         "flash_attn": speed.get("flash_attn", False),
-        "n_gpu_layers": speed.get("n_gpu_layers", 0),
+        # A GPU row ran with every layer offloaded (llama.cpp's idiom for "all": 99).
+        "n_gpu_layers": 99 if result.get("device") == "gpu" else speed.get("n_gpu_layers", 0),
     }
 
 
@@ -242,7 +243,8 @@ def write(
     rows: Sequence[Mapping[str, Any]],
     base_models: Mapping[str, str | None] | None = None,
 ) -> list[Path]:
-    """Write ``out_dir/<model>-<ft>/`` for every recommended variant (replacing ``out_dir`` whole).
+    """Write ``out_dir/<model>-<ft>/`` for every recommended variant (replacing ``out_dir`` whole); a GPU
+    recommendation goes to ``<model>-<ft>-gpu/`` (each device has its own).
 
     ``rows``: the results table's rows (:func:`quantflow.table.results_table`); ``base_models``: model
     name -> what it was made from (a hub id or a path; None for the demo). An HF variant's snippet loads
@@ -274,7 +276,7 @@ def write(
         plans.append((rec, result, row, src))
     with atomic.atomic_path(out_dir, directory=True) as tmp:
         for rec, result, row, src in plans:
-            folder = tmp / f"{rec['model']}-{rec['ft']}"
+            folder = tmp / folder_name(rec)
             folder.mkdir()
             if result.get("format") == "gguf":
                 name = f"{rec['model']}-{rec['ft']}-{result.get('quant')}.gguf"
@@ -290,4 +292,8 @@ def write(
             card = model_card(result, row, rec, (base_models or {}).get(rec["model"]), files)
             (folder / "README.md").write_text(card, encoding="utf-8")
             log.info("deploy: %s", folder.name)
-    return [Path(out_dir) / f"{rec['model']}-{rec['ft']}" for rec, *_ in plans]
+    return [Path(out_dir) / folder_name(rec) for rec, *_ in plans]
+
+
+def folder_name(rec: Mapping[str, Any]) -> str:
+    return f"{rec['model']}-{rec['ft']}" + ("-gpu" if rec.get("device") == "gpu" else "")

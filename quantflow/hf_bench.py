@@ -76,10 +76,12 @@ def _device() -> str:
 
 
 def device_name() -> str:
-    """Where the HF variants run: 'cpu', or 'cuda:0 (<GPU name>)'."""
+    """What the HF variants run on: the GPU's name (torch's CUDA device 0), else the CPU's model name."""
     import torch
 
-    return f"cuda:0 ({torch.cuda.get_device_name(0)})" if _device() == "cuda" else "cpu"
+    from .provenance import cpu_model
+
+    return torch.cuda.get_device_name(0) if _device() == "cuda" else cpu_model()
 
 
 def quant_kernel(model) -> str | None:
@@ -285,6 +287,7 @@ def measure_speed(
         prompt=[int(t) for t in prompt_ids],
         suite=suite,
         what=variant,
+        gpu=_device() == "cuda",  # a CPU run on a machine with a GPU measures no VRAM
     )
     return sp, memory
 
@@ -306,7 +309,7 @@ def measure_isolated(
     Snakemake's own imports and whatever earlier steps allocated. The peak is read when the speed
     protocol ends, before the quality passes; doing them in the same process saves a second import of
     torch and transformers (~5 s on two cores) per job.
-    Returns {"speed", "memory", "quality", "answers", "size", "n_params", "kernel", "device"}.
+    Returns {"speed", "memory", "quality", "answers", "size", "n_params", "kernel", "device", "device_name"}.
     """
     payload = {
         "hf_dir": str(hf_dir),
@@ -335,7 +338,7 @@ def quality_and_answers(hf_dir: str | Path, variant: str, ref: dict, test: list[
     else:
         size = int(model.get_memory_footprint())
     out = {"quality": qual, "answers": answers, "size": size, "n_params": n_params(model)}
-    out.update(kernel=quant_kernel(model), device=device_name())
+    out.update(kernel=quant_kernel(model), device=_device(), device_name=device_name())
     del model, tok
     _free_memory()
     return out
@@ -450,11 +453,14 @@ def run_hf_variant(
     size, count = m["size"], m["n_params"]
     if reference_answers is not None:
         m["quality"].update(flips_against(m["answers"], reference_answers))
+    gpu_state = m["memory"].pop("gpu", None)
     return {
         **head,
         "status": "ok",
         "reason": None,
         "device": m["device"],
+        "device_name": m["device_name"],
+        **({"gpu": gpu_state} if gpu_state else {}),
         "kernel": m["kernel"],
         "file": {"path": str(hf_dir), "bytes": size, "n_params": count, "bits_per_weight": 8.0 * size / count},
         "speed": m["speed"],

@@ -71,6 +71,9 @@ BUDGET_SPECS: dict[str, tuple[str, str, str, bool, str, str, float]] = {
     "min_accuracy": ("accuracy", "minimum accuracy", "accuracy", False, ".1f", " %", 100.0),
 }
 
+#: Budgets judged on GPU rows alone: a row on the CPU holds no GPU memory, so for it they are n/a, not a pass.
+GPU_BUDGETS = ("vram_budget_mb",)
+
 
 def make_constraints(quality_floor_kl: float, budgets: Mapping[str, Any] | None = None) -> list[Constraint]:
     """The KL floor plus every budget that is set (None means no limit), in BUDGET_SPECS order."""

@@ -70,7 +70,9 @@ def _run(cmd: list[str], expect: re.Pattern | None = None, timeout: int = 3600, 
     raise RuntimeError(f"{name} printed no {expect.pattern!r} in {tries} runs")
 
 
-def llama_bench(llama_cpp_dir, gguf, threads: int, n_prompt: int, n_gen: int, reps: int, depths=()) -> dict:
+def llama_bench(
+    llama_cpp_dir, gguf, threads: int, n_prompt: int, n_gen: int, reps: int, depths=(), n_gpu_layers: int = 0
+) -> dict:
     """pp and tg rates as llama-bench measures them (mean and stdev over `reps`, its own warm-up).
 
     Measured like our own path, so the two figures compare like for like: pp from an empty context,
@@ -78,11 +80,18 @@ def llama_bench(llama_cpp_dir, gguf, threads: int, n_prompt: int, n_gen: int, re
     from an empty cache, where attention is cheaper. tg is also measured at each of ``depths``
     (``tg_by_depth``: {depth: (mean, stdev)}). One invocation: llama-bench crosses -p and -n with -d,
     so it also times pp at the other depths, which costs one short prompt each and is not used.
+
+    ``n_gpu_layers`` is passed as -ngl always: llama-bench's own default offloads every layer, which on
+    a CUDA build would put a CPU row on the GPU. The result carries what llama-bench reports back
+    (``n_gpu_layers``, ``backends``).
     """
     all_depths = sorted({0, n_prompt, *(int(d) for d in depths)})
+    # Offloaded: one GPU, as quantflow.bench.load has it (llama-bench would split the layers across all).
+    one_gpu = ["-sm", "none", "-mg", "0"] if n_gpu_layers else []
     out = procs.run(
         [str(tool(llama_cpp_dir, "llama-bench")), "-m", str(gguf), "-t", str(threads), "-p", str(n_prompt),
-         "-n", str(n_gen), "-d", ",".join(map(str, all_depths)), "-r", str(reps), "-o", "json"],
+         "-n", str(n_gen), "-d", ",".join(map(str, all_depths)), "-r", str(reps), "-ngl", str(n_gpu_layers),
+         *one_gpu, "-o", "json"],
         capture_output=True, text=True, timeout=1800, check=False,
     )
     if out.returncode != 0:
@@ -90,6 +99,7 @@ def llama_bench(llama_cpp_dir, gguf, threads: int, n_prompt: int, n_gen: int, re
     res: dict = {"tg_by_depth": {}}
     for rec in json.loads(out.stdout):
         depth, rate, sd = int(rec.get("n_depth", 0)), float(rec["avg_ts"]), float(rec["stddev_ts"])
+        res.update({k: rec[k] for k in ("n_gpu_layers", "backends") if k in rec})
         if rec["n_prompt"] and not rec["n_gen"]:
             if depth == 0:
                 res.update(pp_tps=rate, pp_sd=sd, pp_tokens=int(rec["n_prompt"]), pp_depth=0)

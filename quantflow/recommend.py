@@ -1,7 +1,7 @@
 """The deployment decision: Pareto front, limits (KL floor and budgets), and the reasons in words.
 
 :func:`recommend` takes the results table (:func:`quantflow.table.results_table`) and, per model /
-fine-tune, names the variant to deploy under the limits, which limit bound the choice, or, when nothing
+fine-tune / device, names the variant to deploy under the limits, which limit bound the choice, or, when nothing
 fits, the closest candidate and by how much it misses. Every other answer it gives (best quality,
 fastest, smallest, best under each budget) has the same shape; see :func:`recommend`.
 """
@@ -14,10 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from .limits import Constraint, make_constraints
+from .limits import GPU_BUDGETS, Constraint, make_constraints
 from .results import number
-from .table import is_missing
-from .variants import REFERENCE
+from .table import GROUP_KEYS, is_missing
+from .variants import CPU, REFERENCE, is_reference
 
 
 def pareto_front(points: Sequence[Sequence[float]], minimize: Sequence[bool] = (True, False)) -> list[int]:
@@ -48,7 +48,10 @@ def recommend(
     quality_floor_kl: float,
     budgets: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per (model, ft), ok rows only: what to deploy, under the KL floor and the budgets.
+    """Per (model, ft, device), ok rows only: what to deploy, under the KL floor and the budgets.
+
+    Rows on different devices (the table's ``device``: cpu, gpu) are never ranked against each other:
+    each device gets its own answers. The VRAM budget is judged on GPU rows only: on the CPU it is n/a.
 
     ``budgets`` holds the optional limits of BUDGET_SPECS (``ram_budget_mb``, ``vram_budget_mb``,
     ``latency_target_ms``, ``min_accuracy``); None or absent means no limit. Kinds, in order:
@@ -61,7 +64,7 @@ def recommend(
       within the KL floor and that one budget, and whether the budget is what bound the choice.
 
     A budget whose column no variant of the group measured (VRAM on a CPU-only run) is "n/a":
-    stated, and not applied. Each entry is ``{model, ft, kind, label, variant, why, constraint,
+    stated, and not applied. Each entry is ``{model, ft, device, kind, label, variant, why, constraint,
     bound_by, closest, misses, runner_up}``: ``bound_by`` lists the constraint keys that excluded a
     faster variant; ``runner_up`` (constrained kinds) is the variant that would be chosen without the
     chosen one; when nothing qualifies, ``variant`` is None and ``closest`` / ``misses`` name the
@@ -75,17 +78,23 @@ def recommend(
     if "latency_ms" not in ok.columns:
         ok = ok.assign(latency_ms=ok["latency_s"] * 1000.0)
     recs: list[dict[str, Any]] = []
-    for (model, ft), group in ok.groupby(["model", "ft"], sort=False):
-        for entry in _recommend_group(group, constraints):
-            recs.append({"model": model, "ft": ft, **entry})
+    if "device" not in ok.columns:  # a table from before devices: every row ran on the CPU
+        ok = ok.assign(device=CPU)
+    for (model, ft, device), group in ok.groupby(GROUP_KEYS, sort=False, dropna=False):
+        for entry in _recommend_group(group, constraints, device):
+            recs.append({"model": model, "ft": ft, "device": device, **entry})
     return recs
 
 
-def _applicable(group: pd.DataFrame, constraints: Sequence[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
+def _applicable(
+    group: pd.DataFrame, constraints: Sequence[Constraint], device: str = CPU
+) -> tuple[list[Constraint], list[Constraint]]:
     """(applied, n/a): a budget nobody in the group measured cannot decide anything."""
     applied, na = [], []
     for c in constraints:
         measured = c.column in group.columns and group[c.column].notna().any()
+        if c.key in GPU_BUDGETS and device != "gpu":
+            measured = False
         # The KL floor always applies: a variant without a KL measurement must not be recommended.
         (applied if measured or c.key == "quality_floor_kl" else na).append(c)
     return applied, na
@@ -113,8 +122,8 @@ def _entry(kind: str, label: str, row: pd.Series | None, why: str, **extra: Any)
     }
 
 
-def _recommend_group(group: pd.DataFrame, constraints: Sequence[Constraint]) -> list[dict[str, Any]]:
-    applied, na = _applicable(group, constraints)
+def _recommend_group(group: pd.DataFrame, constraints: Sequence[Constraint], device: str = CPU) -> list[dict[str, Any]]:
+    applied, na = _applicable(group, constraints, device)
     fastest = _best(group, ["decode_tps", "size_mb"], [False, True])
     smallest = _best(group, ["size_mb", "decode_tps"], [True, False])
     quality = _best_quality(group)
@@ -144,6 +153,8 @@ def _recommend_group(group: pd.DataFrame, constraints: Sequence[Constraint]) -> 
         label = f"Best under the {budget.name} ({budget.condition()})"
         if budget in na:
             why = f"n/a: no variant has a {budget.label} measurement (e.g. a CPU-only run has no GPU memory)"
+            if budget.key in GPU_BUDGETS and device != "gpu":
+                why = f"n/a: the {budget.name} is judged on GPU rows only (rows on the CPU hold no GPU memory)"
             entries.append(_entry("best_under_budget", label, None, why, constraint=budget.key))
             continue
         entry = _constrained_entry("best_under_budget", label, group, [floor, budget], [], budget=budget)
@@ -257,7 +268,7 @@ def indistinguishable_from_f16(df: pd.DataFrame, quality_floor_kl: float) -> pd.
         return pd.Series(False, index=df.index)
     p, kl, se = (pd.to_numeric(df[c], errors="coerce") for c in cols)
     upper = kl + 1.959963984540054 * se
-    return ((p >= 0.05) & (upper < quality_floor_kl) & (df["variant"] != REFERENCE)).fillna(False)
+    return ((p >= 0.05) & (upper < quality_floor_kl) & ~df["variant"].map(is_reference)).fillna(False)
 
 
 def _ranked(group: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.DataFrame:
@@ -326,14 +337,14 @@ def _best(group: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.Serie
 
 
 def _best_quality(group: pd.DataFrame) -> pd.Series | None:
-    is_ref = (group["kl_mean"] == 0) | (group["variant"] == REFERENCE)
+    is_ref = (group["kl_mean"] == 0) | group["variant"].map(is_reference)
     # The f16 reference has KL 0 by construction, so "best quantized" is the useful answer;
     # the reference itself is only the answer when nothing else was measured.
     for candidates in (group.loc[~is_ref], group.loc[is_ref]):
         row = _best(candidates, ["kl_mean", "size_mb"], [True, True])
         if row is not None:
             return row
-    ref = group.loc[group["variant"] == REFERENCE]
+    ref = group.loc[group["variant"].map(is_reference)]
     return None if ref.empty else ref.iloc[0]
 
 
@@ -346,6 +357,7 @@ def _why_recommended(row: pd.Series, applied: Sequence[Constraint]) -> str:
 
 
 def _why_quality(row: pd.Series) -> str:
+    # The GPU's f16 is scored against the CPU's reference: its KL is the GPU's own deviation, not 0.
     is_ref = row["variant"] == REFERENCE or row["kl_mean"] == 0
     return _join(
         "reference (KL 0 by definition)" if is_ref else _part("KL {:.3g}", row["kl_mean"]),

@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 
 # Shown in both the Markdown and the HTML so the two never disagree.
 GLOSSARY: tuple[dict[str, str], ...] = (
+    {"metric": "Device", "better": "neither",
+     "how": "Where the variant ran: cpu (no layer offloaded), or gpu (a GGUF @gpu variant with every layer "
+            "on one CUDA GPU, or an HF variant on CUDA). Rows on different devices are never ranked against "
+            "each other: each device gets its own verdict, recommendation and charts, its speedup is against "
+            "the f16 on the same device, and the VRAM budget is judged on GPU rows only. Each result's "
+            "device_name (results.csv) names the CPU or GPU."},
     {"metric": "Size MB", "better": "lower",
      "how": "GGUF file size in MiB (bytes / 2^20)."},
     {"metric": "BPW", "better": "lower",
@@ -137,8 +143,7 @@ def render(
     recs = recommend(df, quality_floor_kl, budgets)
     answers = answers_side_by_side(results, df)
     context = _context(df, recs, training, run, constraints, answers)
-    chosen = {(r["model"], r["ft"]): r["variant"] for r in recs if r["kind"] == "recommended"}
-    figures = charts.charts(df, constraints[0].limit, chosen, training, results)
+    figures = charts.charts(df, constraints[0].limit, _chosen(recs), training, results)
     flat = with_provenance(df, results)
     # Render everything before writing anything, so an error leaves the old report intact.
     blobs = {
@@ -162,17 +167,21 @@ def _context(
     constraints: Sequence[Constraint],
     answers: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
-    chosen = {(r["model"], r["ft"]): r["variant"] for r in recs if r["kind"] == "recommended"}
-    table = columns.results_groups(df, chosen, constraints)
+    table = columns.results_groups(df, _chosen(recs), constraints)
     views = [_answers_view(g) for g in answers]
+    # A run on one device keeps its headings ("model / ft"); with several, each names its device.
+    several = df.loc[df["status"] == "ok", "device"].nunique() > 1
+    found = verdicts(df, recs, constraints[0].limit)
+    for v in found:
+        v["device_label"] = v["device"] if several else ""
     categories = sorted({row["category"] for g in views for row in g["rows"] if row["category"]})
     return {
         "title": "quantflow benchmark report",
         "floor": f"{constraints[0].limit:g}",
-        "verdicts": verdicts(df, recs, constraints[0].limit),
+        "verdicts": found,
         "constraints": _constraint_rows(df, constraints),
         "run_rows": _flatten(run),
-        "recommendations": _recommendation_groups(recs),
+        "recommendations": _recommendation_groups(recs, several),
         "column_groups": columns.GROUPS,
         "results": table,
         "md_results": columns.markdown_tables(table),
@@ -267,11 +276,19 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, st
 
 
 
-def _recommendation_groups(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str], dict[str, Any]] = {}
+def _chosen(recs: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], str | None]:
+    """The recommended variant per (model, ft, device)."""
+    return {(r["model"], r["ft"], r.get("device")): r["variant"] for r in recs if r["kind"] == "recommended"}
+
+
+def _recommendation_groups(recs: list[dict[str, Any]], several_devices: bool = False) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
     for rec in recs:
+        device = rec.get("device")
         group = groups.setdefault(
-            (rec["model"], rec["ft"]), {"model": rec["model"], "ft": rec["ft"], "rows": [], "md_rows": []}
+            (rec["model"], rec["ft"], device),
+            {"model": rec["model"], "ft": rec["ft"], "device_label": device if several_devices else "",
+             "rows": [], "md_rows": []},
         )
         label = rec.get("label") or KIND_LABELS.get(rec["kind"], rec["kind"])
         if rec["variant"] is not None:

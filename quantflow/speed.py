@@ -57,6 +57,7 @@ def measure(
     companions: Sequence[Callable[[object], dict[str, float]]] = (),
     reload: Callable[[], object] | None = None,
     what: str = "",
+    gpu: bool = True,
 ) -> tuple[dict, dict, dict[str, list[float]]]:
     """Load time, TTFT and latency over the prompt suite, prompt/decode rates; memory. Returns the speed
     and memory blocks and the raw rounds ({"decode_tps": [...], "prompt_tps": [...], companion keys}).
@@ -78,13 +79,14 @@ def measure(
     model_rss_mb is the model and its buffers); the peak once the timed answers ran, before the decode
     rounds (a companion may load a second model). With ``reload`` the model is loaded again that way
     for the rounds (the GGUF engine decodes from a memory-mapped file there, as llama-bench does, and
-    measures memory without the map). GPU telemetry (peak VRAM, utilisation; None without a GPU) is
-    sampled in a background thread throughout.
+    measures memory without the map). GPU telemetry (peak VRAM, utilisation; None without a GPU, or with
+    ``gpu=False``: a CPU row) is sampled in a background thread throughout; the memory block's ``gpu``
+    (the GPU's name, driver, clocks and temperature at the start and the end) only where it was.
     """
     baseline = rss_mb()
     warm, reps, n_gen = cfg["warmup"], cfg["repetitions"], cfg["gen_tokens"]
     prompt = prompt[: cfg["prompt_tokens"]]
-    with GpuSampler() as gpu:
+    with GpuSampler(enabled=gpu) as sampler:
         load_s, model = [], None
         for i in range(warm + reps):
             if model is not None:
@@ -134,7 +136,9 @@ def measure(
         free()
     tg, pp = rounds["decode_tps"], rounds["prompt_tps"]
     speed = speed_summary(cfg, threads, len(prompt), load_s, pp, tg, ttft, lat)
-    memory = {"use_mmap": False, "peak_rss_mb": peak, **gpu.summary()}
+    memory = {"use_mmap": False, "peak_rss_mb": peak, **sampler.summary()}
+    if (state := sampler.info()) is not None:
+        memory["gpu"] = state
     memory.update(baseline_rss_mb=baseline, model_rss_mb=peak - baseline)
     log.info(
         "%sdecode %.1f tok/s (CV %.1f %%, %d rounds), prompt %.1f tok/s, peak RSS %.1f MB",

@@ -1,8 +1,11 @@
 """The results table: every result JSON as one flat row of a pandas frame (see :data:`RESULT_COLUMNS`).
 
 Absent measurements are NaN. A few columns are derived across results: the speedup against the f16 of
-the same model / fine-tune, the accuracy gain over the base model, the retention of the fine-tune's gain
-and the answer flips against the f16 reference.
+the same model / fine-tune on the same device, the accuracy gain over the base model, the retention of the
+fine-tune's gain and the answer flips against the f16 reference.
+
+``device`` is where a row ran, as one of :data:`DEVICE_GROUPS`: an HF variant on CUDA is a ``gpu`` row
+like a GGUF ``@gpu`` one (the same GPU), and rows are only ever compared within one device.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pandas as pd
 from . import stats
 from .answers import answer_flips
 from .results import BASE_FT, number
-from .variants import REFERENCE
+from .variants import CPU, REFERENCE, device_of, is_hf, is_reference, on_device
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +30,14 @@ log = logging.getLogger(__name__)
 PROVENANCE_COLUMNS: tuple[str, ...] = ("config_hash", "llama_cpp_commit", "cpu", "node", "timestamp")
 
 _KEY = ["model", "ft", "variant"]
+#: The devices rows are grouped by: a result's ``device`` (cpu, gpu; cuda for HF) -> one of these.
+DEVICE_GROUPS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu"}
+#: The keys that rows are compared within (the recommender, the verdicts, the charts).
+GROUP_KEYS = ["model", "ft", "device"]
 
 #: Column order of :func:`results_table`.
 RESULT_COLUMNS: tuple[str, ...] = (
-    "model", "ft", "variant", "format", "quant", "status", "reason",
+    "model", "ft", "variant", "format", "quant", "status", "reason", "device", "device_name",
     "size_mb", "bits_per_weight", "n_fallback",
     "decode_tps", "decode_tps_p10", "decode_tps_p90", "decode_cv",
     "prompt_tps", "prompt_tps_cv", "ttft_ms", "latency_s", "load_s",
@@ -92,6 +99,24 @@ def category_columns(df: pd.DataFrame) -> dict[str, str]:
     return dict(df.attrs.get("categories") or {})
 
 
+def device_group(res: Mapping[str, Any]) -> str | None:
+    """The device a result ran on, as a key of DEVICE_GROUPS' values; None when unknown (a failed HF variant).
+
+    A GGUF result without the field (older files) ran where its name says; an HF one recorded
+    'cuda:0 (<name>)' before the field was an enum.
+    """
+    recorded = res.get("device")
+    if isinstance(recorded, str) and recorded:
+        return DEVICE_GROUPS.get(recorded, "gpu" if recorded.startswith("cuda") else recorded)
+    variant = str(res.get("variant") or "")
+    if not variant or is_hf(variant):
+        return None
+    try:
+        return device_of(variant)
+    except ValueError:
+        return None
+
+
 def _result_row(res: Mapping[str, Any]) -> dict[str, Any]:
     file = res.get("file") or {}
     speed = res.get("speed") or {}
@@ -107,6 +132,8 @@ def _result_row(res: Mapping[str, Any]) -> dict[str, Any]:
         "quant": res.get("quant"),
         "status": res.get("status"),
         "reason": res.get("reason"),
+        "device": device_group(res),
+        "device_name": res.get("device_name"),
         "size_mb": size_bytes / 2**20,
         "bits_per_weight": _bits_per_weight(file),
         # Tensors llama.cpp gave a fallback type (quantize.quant_plan); NaN for HF variants.
@@ -194,10 +221,15 @@ def _drop_duplicate_keys(df: pd.DataFrame) -> pd.DataFrame:
     return df.loc[~dup].reset_index(drop=True)
 
 
+def _references(df: pd.DataFrame) -> pd.DataFrame:
+    """The ok f16 rows: one per model / fine-tune / device."""
+    return df.loc[df["variant"].map(is_reference) & (df["status"] == "ok")]
+
+
 def _add_speedup(df: pd.DataFrame) -> pd.DataFrame:
-    ref = df.loc[(df["variant"] == REFERENCE) & (df["status"] == "ok"), ["model", "ft", "decode_tps"]]
-    ref = ref.rename(columns={"decode_tps": "_ref_tps"})
-    out = df.merge(ref, on=["model", "ft"], how="left", validate="many_to_one")
+    # Against the f16 on the same device only: a GPU row's ratio to the CPU's f16 would compare hardware.
+    ref = _references(df)[GROUP_KEYS + ["decode_tps"]].rename(columns={"decode_tps": "_ref_tps"})
+    out = df.merge(ref, on=GROUP_KEYS, how="left", validate="many_to_one")
     # A zero reference speed would give inf, which reads as a real measurement; NaN does not.
     ref_tps = out["_ref_tps"].where(out["_ref_tps"] > 0)
     # The paired figure (per-round ratios against the f16 measured in the same job) where the bench
@@ -217,28 +249,47 @@ def _add_accuracy_gain(df: pd.DataFrame) -> pd.DataFrame:
 def _add_retention(df: pd.DataFrame, results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """stats.retention per row against the f16 accuracies of the base and of the row's fine-tune, with its
     bootstrap CI over the test questions (stats.retention_ci; None ends where the data cannot bound it)."""
-    f16 = df.loc[(df["variant"] == REFERENCE) & (df["status"] == "ok")]
-    acc = {(m, ft): a for m, ft, a in zip(f16["model"], f16["ft"], f16["accuracy"], strict=True)}
+    f16 = _references(df)
+    acc = {(m, ft, v): a for m, ft, v, a in zip(f16["model"], f16["ft"], f16["variant"], f16["accuracy"], strict=True)}
     correct = {
         (r.get("model"), r.get("ft"), r.get("variant")): {str(a["id"]): bool(a["correct"]) for a in r["answers"]}
         for r in results
         if r.get("status") == "ok" and r.get("answers")
     }
     out = df.copy()
+    rows = list(zip(df["model"], df["ft"], df["device"], df["accuracy"], strict=True))
     out["retention"] = [
         math.nan
         if ft == BASE_FT
-        else _nan_if_none(stats.retention(_none_if_nan(a), acc.get((m, BASE_FT)), acc.get((m, ft))))
-        for m, ft, a in zip(df["model"], df["ft"], df["accuracy"], strict=True)
+        else _nan_if_none(
+            stats.retention(
+                _none_if_nan(a),
+                acc.get((m, BASE_FT, _f16_of(acc, m, BASE_FT, dev))),
+                acc.get((m, ft, _f16_of(acc, m, ft, dev))),
+            )
+        )
+        for m, ft, dev, a in rows
     ]
-    ci = [_retention_ci(correct, m, ft, v) for m, ft, v in zip(df["model"], df["ft"], df["variant"], strict=True)]
+    ci = [
+        _retention_ci(correct, m, ft, v, dev)
+        for m, ft, v, dev in zip(df["model"], df["ft"], df["variant"], df["device"], strict=True)
+    ]
     out["retention_lo"] = [lo for lo, _ in ci]
     out["retention_hi"] = [hi for _, hi in ci]
     return out
 
 
-def _retention_ci(correct: Mapping, model: str, ft: str, variant: str) -> tuple[float, float]:
-    keys = ((model, ft, variant), (model, BASE_FT, REFERENCE), (model, ft, REFERENCE))
+def _f16_of(available: Mapping, model: str, ft: str, device: Any) -> str:
+    """The f16 whose accuracy a row's retention is measured from: the one on the row's device, else the CPU's
+    (accuracy is the tasks' figure, not the hardware's: an HF row on CUDA in a run without GGUF @gpu rows
+    keeps its retention)."""
+    own = on_device(REFERENCE, device) if device in DEVICE_GROUPS.values() else REFERENCE
+    return own if (model, ft, own) in available else on_device(REFERENCE, CPU)
+
+
+def _retention_ci(correct: Mapping, model: str, ft: str, variant: str, device: Any = CPU) -> tuple[float, float]:
+    keys = ((model, ft, variant), (model, BASE_FT, _f16_of(correct, model, BASE_FT, device)),
+            (model, ft, _f16_of(correct, model, ft, device)))
     trio = [correct.get(k) for k in keys]
     if ft == BASE_FT or any(t is None for t in trio):
         return math.nan, math.nan
@@ -285,8 +336,8 @@ def _sort_rows(df: pd.DataFrame) -> pd.DataFrame:
     # Base first so every fine-tune reads as "compared with the base above it".
     ranked = df.assign(_ft_rank=(df["ft"] != BASE_FT).astype(int))
     ranked = ranked.sort_values(
-        ["model", "_ft_rank", "ft", "bits_per_weight", "variant"],
-        ascending=[True, True, True, False, True],
+        ["model", "_ft_rank", "ft", "device", "bits_per_weight", "variant"],
+        ascending=[True, True, True, True, False, True],
         na_position="last",
         kind="mergesort",
     )

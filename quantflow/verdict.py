@@ -1,4 +1,5 @@
-"""The answer first: one verdict per model / fine-tune, in a sentence, and the compact comparison under it.
+"""The answer first: one verdict per model / fine-tune / device, in a sentence, and the compact comparison
+under it (the f16 compared with is the one on the same device).
 
 The comparison puts the recommended variant beside the f16 reference and the runner-up (the variant the
 recommender would take without it) on the five figures a deployment turns on: speedup, size, memory,
@@ -14,7 +15,7 @@ import pandas as pd
 
 from .display import NA, fmt, p_value, with_ci, with_se
 from .table import is_missing
-from .variants import REFERENCE, short_name
+from .variants import CPU, is_reference, short_name
 
 #: McNemar's p at or above this: no evidence that the variant answers the tasks differently from f16.
 TASK_ALPHA = 0.05
@@ -24,7 +25,7 @@ HEADERS = ("", "Variant", "Speedup vs f16", "Size MB", "Peak RSS MB", "KL mean Â
 
 
 def verdicts(df: pd.DataFrame, recs: Sequence[Mapping[str, Any]], quality_floor_kl: float) -> list[dict[str, Any]]:
-    """Per (model, ft) with a recommendation: ``{model, ft, variant, sentence, headers, rows}``.
+    """Per (model, ft, device) with a recommendation: ``{model, ft, device, variant, sentence, headers, rows}``.
 
     ``sentence`` reads after "<model> / <ft>:"; ``variant`` is the recommended one (None when nothing
     meets the limits); ``rows`` are the comparison's cells, recommended (or closest) first.
@@ -34,10 +35,13 @@ def verdicts(df: pd.DataFrame, recs: Sequence[Mapping[str, Any]], quality_floor_
     for rec in recs:
         if rec["kind"] != "recommended":
             continue
-        group = ok.loc[(ok["model"] == rec["model"]) & (ok["ft"] == rec["ft"])]
-        rows = {r["variant"]: r for r in group.to_dict("records")}
+        device = rec.get("device", CPU)
+        in_group = (ok["model"] == rec["model"]) & (ok["ft"] == rec["ft"])
+        if "device" in ok.columns:
+            in_group &= ok["device"] == device
+        rows = {r["variant"]: r for r in ok.loc[in_group].to_dict("records")}
         chosen = rows.get(rec["variant"]) if rec["variant"] else None
-        ref = rows.get(REFERENCE)
+        ref = next((r for v, r in rows.items() if is_reference(v)), None)
         lead = chosen or rows.get(rec.get("closest") or "")
         compared = [("recommended" if chosen else "closest", lead)]
         if ref is not None and ref is not lead:
@@ -49,6 +53,7 @@ def verdicts(df: pd.DataFrame, recs: Sequence[Mapping[str, Any]], quality_floor_
             {
                 "model": rec["model"],
                 "ft": rec["ft"],
+                "device": device,
                 "variant": rec["variant"],
                 "sentence": _sentence(rec, chosen, ref, quality_floor_kl),
                 "headers": HEADERS,
@@ -67,7 +72,7 @@ def _cells(role: str, r: Mapping[str, Any]) -> list[str]:
         fmt(r["peak_rss_mb"], ".0f"),
         with_se(r["kl_mean"], r["kl_mean_se"], ".3g"),
         with_ci(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"], ".1f", scale=100),
-        "(ref)" if r["variant"] == REFERENCE else p_value(r["mcnemar_p"]),
+        "(ref)" if is_reference(r["variant"]) else p_value(r["mcnemar_p"]),
     ]
 
 
@@ -77,7 +82,7 @@ def _sentence(
     if chosen is None:
         return f"no variant meets the limits. {_capital(rec['why'])}."
     variant = chosen["variant"]
-    if variant == REFERENCE:
+    if is_reference(variant):
         why = "every faster variant misses a limit"
         if not rec.get("bound_by"):
             why = "no quantized variant decoded faster here"

@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from quantflow.variants import device_of, on_device, quant_label
+
 MIB = 2**20
 PROVENANCE = {
     "config_hash": "cafe1234",
@@ -75,8 +77,12 @@ def make_result(
     engine_ratio: float | None = None,
     f16_tps: float = 20.0,
     provenance: dict[str, Any] | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """One result (schema_version 1); ``answers`` are right / wrong flags of questions q0, q1, ...
+
+    ``device`` as the bench records it: a GGUF result where its name says (gpu for '@gpu'), an ok HF one
+    on the CPU unless told (a failed HF result has none).
 
     Uncertainties the schema requires are derived: KL SE = 5 % of the mean, PPL SE = 1 % of PPL,
     top-1 SE 0.01, accuracy's interval +-0.05; a GGUF variant's paired speedup vs its f16 (decoding at
@@ -89,13 +95,18 @@ def make_result(
         "ft": ft,
         "variant": variant,
         "format": "hf" if variant.startswith("hf-") else "gguf",
-        "quant": quant or ("F16" if variant == "gguf-f16" else variant.removeprefix("gguf-")),
+        "quant": quant or (variant if variant.startswith("hf-") else quant_label(variant)),
         "status": status,
         "reason": reason if status == "ok" or reason else "it broke",
         "provenance": dict(PROVENANCE if provenance is None else provenance),
     }
+    if res["format"] == "gguf":
+        res["device"] = device or device_of(variant)
     if status != "ok":
         return res
+    if res["format"] == "hf":
+        res["device"] = device or "cpu"
+    res["device_name"] = "NVIDIA Test GPU" if res["device"] in ("gpu", "cuda") else PROVENANCE.get("cpu", "Test CPU")
 
     def d(median: float) -> dict[str, Any]:
         return dist(median, spread=spread, cv=cv, n=n, ci=ci)
@@ -254,3 +265,16 @@ def table_row(df: pd.DataFrame, ft: str, variant: str) -> pd.Series:
     rows = df[(df["ft"] == ft) & (df["variant"] == variant)]
     assert len(rows) == 1
     return rows.iloc[0]
+
+
+def two_device_results(gpu_speedup: float = 10.0) -> list[dict[str, Any]]:
+    """The base group of VARIANTS on the CPU and again on the GPU (``@gpu``), there ``gpu_speedup`` times as
+    fast and with its peak VRAM (the file's size plus 300 MiB of context)."""
+    cpu = [make_result("base", *spec, f16_tps=VARIANTS["base"][0][4]) for spec in VARIANTS["base"]]
+    gpu = []
+    for variant, quant, bpw, size, tps, kl, acc in VARIANTS["base"]:
+        r = make_result("base", on_device(variant, "gpu"), quant, bpw, size, tps * gpu_speedup, kl, acc,
+                        f16_tps=VARIANTS["base"][0][4] * gpu_speedup)
+        r["memory"].update(peak_vram_mb=size + 300.0, gpu_util_mean_pct=80.0, vram_scope="process")
+        gpu.append(r)
+    return cpu + gpu

@@ -69,6 +69,8 @@ rule bench:
     resources:
         mem_mb=8000,
         runtime=60,
+        # A GPU for the @gpu rows (and HF variants where the run has GPUs); none for the CPU rows.
+        gpu=bench_gpus,
     params:
         bench=bench_settings,
         quant=variant_quant,

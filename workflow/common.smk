@@ -3,7 +3,7 @@ import re
 import sys
 from pathlib import Path
 
-from quantflow import provenance, variants
+from quantflow import devices, provenance, variants
 from quantflow.config import (
     ConfigError,
     load_and_validate,
@@ -23,7 +23,13 @@ MODELS = {m["name"]: m for m in config["models"]}
 FINETUNES = {f["name"]: f for f in config["finetunes"]}
 QUANTS = quant_variants(config)  # {quant} values: GGUF types and '<type>-imat' variants
 FTS = ["base", *FINETUNES]
-VARIANTS = variants.all_variants(QUANTS, config["hf_variants"])
+VARIANTS = variants.all_variants(QUANTS, config["hf_variants"], config["gguf_devices"])
+if "gpu" in config["gguf_devices"] and not devices.cuda_in_build():
+    print(
+        "quantflow: warning: gguf_devices lists gpu but the llama.cpp installed here was built without CUDA: "
+        "the @gpu rows will be reported as failed (make venv on a machine with a CUDA GPU builds it with CUDA)",
+        file=sys.stderr,
+    )
 DEMO_MODELS = [n for n, m in MODELS.items() if m["source"] == "demo"]
 # As configured (relative = to the repository); the scripts resolve it (llama_tools.resolve_dir). A params
 # value holding this checkout's absolute path would rerun every job of a moved or re-cloned checkout.
@@ -135,6 +141,14 @@ def get_imatrix(wildcards):
 
 def variant_quant(wildcards):
     return variants.quant_label(wildcards.variant)
+
+
+def bench_gpus(wildcards):
+    """gpu=1 for a bench job that runs on a GPU: a GGUF @gpu row, or an HF variant when the run has GPUs
+    (gpu_jobs; transformers takes the GPU where torch sees one). CPU rows ask for none."""
+    if variants.is_hf(wildcards.variant):
+        return 1 if config["gpu_jobs"] else 0
+    return 1 if variants.device_of(wildcards.variant) == "gpu" else 0
 
 
 def bench_settings(wildcards):

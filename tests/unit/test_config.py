@@ -292,3 +292,26 @@ def test_minimum_equal_to_the_maximum_is_fine():
 def test_a_depth_deeper_than_the_reference_is_refused_before_any_job():
     msg = broken(lambda c: c["bench"].update(depths=[0, 100_000]))
     assert msg.startswith("config key bench.depths: 100000 tokens deep, but the reference holds at most")
+
+
+def test_gguf_devices_default_to_the_cpu_alone():
+    cfg = copy.deepcopy(DEFAULT)
+    cfg.pop("gguf_devices", None)
+    assert validate(cfg)["gguf_devices"] == ["cpu"]
+    cfg["gguf_devices"] = ["gpu", "cpu"]
+    assert validate(cfg)["gguf_devices"] == ["gpu", "cpu"]
+
+
+@pytest.mark.parametrize(
+    ("devices", "expected"),
+    [(["cpu", "tpu"], "config key gguf_devices[1]: 'tpu' is not one of ['cpu', 'gpu']"),
+     (["cpu", "cpu"], "config key gguf_devices: ['cpu', 'cpu'] has non-unique elements"),
+     ([], "config key gguf_devices: [] should be non-empty")],
+)
+def test_gguf_devices_are_checked(devices, expected):
+    assert broken(lambda c: c.update(gguf_devices=devices)).startswith(expected)
+
+
+def test_gpu_rows_in_a_run_without_gpus():
+    msg = broken(lambda c: c.update(gpu_jobs=False, gguf_devices=["cpu", "gpu"]))
+    assert msg.startswith("config key gguf_devices[1]: gpu rows need a CUDA GPU but gpu_jobs is false")

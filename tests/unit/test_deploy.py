@@ -91,3 +91,13 @@ def test_a_new_recommendation_replaces_the_folder(tiny_f16: Path, tmp_path: Path
     (folder,) = deploy.write(tmp_path / "deploy", recommend(df, 0.05), both, df.to_dict("records"))
     assert sorted(p.name for p in (tmp_path / "deploy").iterdir()) == ["tiny-base"]
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "load.py"]
+
+
+def test_each_device_gets_its_folder(tiny_f16: Path, tmp_path: Path) -> None:
+    results = [_measured(tiny_f16), _measured(tiny_f16, "gguf-f16@gpu")]
+    assert results[1]["device"] == "gpu"
+    df = results_table(results)
+    folders = deploy.write(tmp_path / "deploy", recommend(df, 0.05), results, df.to_dict("records"))
+    assert [f.name for f in folders] == ["tiny-base", "tiny-base-gpu"]
+    assert "--n-gpu-layers 0" in (folders[0] / "llama-server.sh").read_text(encoding="utf-8")
+    assert "--n-gpu-layers 99" in (folders[1] / "llama-server.sh").read_text(encoding="utf-8")

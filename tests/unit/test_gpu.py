@@ -1,8 +1,11 @@
-"""The GPU paths, for real: bitsandbytes on CUDA, GPTQ calibrated and run with CUDA kernels, QLoRA, NVML.
+"""The GPU paths, for real: GGUF with every layer on the GPU (a CUDA build of llama.cpp), bitsandbytes on
+CUDA, GPTQ calibrated and run with CUDA kernels, QLoRA, NVML.
 
-Every test here needs a CUDA device and is skipped without one (CI has none). On a GPU machine,
-`pytest tests/unit/test_gpu.py tests/unit/test_hf_bench.py tests/unit/test_gptq.py tests/unit/test_finetune.py
-tests/unit/test_telemetry.py` runs these and the device-agnostic tests of the same modules on the GPU.
+Every test here needs a CUDA device and is skipped without one (CI has none); the GGUF one also needs
+llama.cpp built with CUDA (`make venv` on the GPU machine). On a GPU machine, `pytest tests/unit/test_gpu.py
+tests/unit/test_hf_bench.py tests/unit/test_gptq.py tests/unit/test_finetune.py tests/unit/test_telemetry.py
+tests/unit/test_devices.py` runs these and the device-agnostic tests of the same modules on the GPU;
+scripts/gpu_check.sh runs the CUDA build, these and a tiny workflow on both devices.
 """
 
 import logging
@@ -13,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import TINY_BENCH  # noqa: E402
 
-from quantflow import bench, gptq, hf_bench, quality  # noqa: E402
+from quantflow import bench, devices, gptq, hf_bench, quality  # noqa: E402
 from quantflow.data import read_jsonl  # noqa: E402
 from quantflow.finetune import train  # noqa: E402
 from quantflow.merge import merge_checked  # noqa: E402
@@ -50,13 +53,39 @@ def _suite(tiny_data):
 
 def _check_gpu_result(r: dict) -> None:
     assert r["status"] == "ok", r.get("reason")
-    assert r["device"].startswith("cuda") and torch.cuda.get_device_name(0) in r["device"]
+    assert r["device"] == "cuda" and r["device_name"] == torch.cuda.get_device_name(0)
+    assert r["gpu"]["name"] == r["device_name"] and r["gpu"]["start"]["sm_clock_mhz"] > 0, r.get("gpu")
     m = r["memory"]
     # NVML saw the model on the device: VRAM in use, and utilisation sampled while it ran
     assert m["peak_vram_mb"] > 0 and m["vram_scope"] in ("process", "device"), m
     assert 0 <= m["gpu_util_mean_pct"] <= m["gpu_util_max_pct"] <= 100
     assert r["speed"]["decode_tps"]["median"] > 0 and r["speed"]["ttft_s"]["median"] > 0
     validate(dict(r, provenance={}))
+
+
+@pytest.mark.skipif(not devices.cuda_in_build(), reason="llama.cpp here is built without CUDA (make venv on this GPU)")
+def test_gguf_runs_on_the_gpu_and_on_the_cpu(tiny_f16, reference, tiny_data):
+    from conftest import LLAMA_CPP_DIR
+
+    test, prompts = _suite(tiny_data)
+    out = {}
+    for device in ("gpu", "cpu"):
+        meta = dict(META, variant="gguf-f16" + ("@gpu" if device == "gpu" else ""), device=device)
+        r = bench.run_variant(tiny_f16, reference, test, prompts, CFG, 2, meta, llama_cpp_dir=LLAMA_CPP_DIR,
+                              f16=tiny_f16, device=device)
+        validate(dict(r, provenance={}))
+        assert r["status"] == "ok" and r["device"] == device
+        out[device] = r
+    gpu, cpu = out["gpu"], out["cpu"]
+    assert gpu["llama_bench"]["n_gpu_layers"] == 99 and "CUDA" in gpu["llama_bench"]["backends"]
+    assert gpu["memory"]["peak_vram_mb"] > 0 and gpu["gpu"]["name"] == gpu["device_name"]
+    assert gpu["gpu"]["start"]["sm_clock_mhz"] > 0 and gpu["gpu"]["end"]["temperature_c"] > 0
+    assert cpu["llama_bench"]["n_gpu_layers"] == 0 and cpu["memory"]["peak_vram_mb"] is None and "gpu" not in cpu
+    # The same weights on two devices: the GPU's f16 stays close to the CPU's reference logits.
+    assert gpu["quality"]["kl_mean"] < 5e-3
+    log.info("gguf-f16 on %s: decode %.0f tok/s (llama-bench -ngl 99: %.0f), peak VRAM %.0f MiB; CPU: %.0f tok/s",
+             gpu["device_name"], gpu["speed"]["decode_tps"]["median"], gpu["llama_bench"]["tg_tps"],
+             gpu["memory"]["peak_vram_mb"], cpu["speed"]["decode_tps"]["median"])
 
 
 @pytest.mark.parametrize(("variant", "layer", "dtype"), [("hf-bnb8", "Linear8bitLt", torch.int8),

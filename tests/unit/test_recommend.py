@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from factories import VARIANTS, all_results, budget_results, make_result
+from factories import LATENCY_S, VARIANTS, all_results, budget_results, make_result
 
 from quantflow.limits import BUDGET_SPECS, make_constraints
-from quantflow.recommend import indistinguishable_from_f16, pareto_front, recommend, speed_tied
+from quantflow.recommend import KIND_LABELS, indistinguishable_from_f16, pareto_front, recommend, speed_tied
 from quantflow.table import results_table
+from quantflow.variants import device_of, on_device
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
 
@@ -70,7 +73,7 @@ def test_recommend_known_answers() -> None:
         assert _pick(recs, ft, kind)["variant"] == variant, (ft, kind)
     why = _pick(recs, "base", "recommended")["why"]
     assert why == "50.0 tok/s (2.5x f16), KL 0.03 <= floor 0.05, 30.0 MB"
-    keys = {"model", "ft", "kind", "label", "variant", "why", "constraint", "bound_by", "closest", "misses"}
+    keys = {"model", "ft", "device", "kind", "label", "variant", "why", "constraint", "bound_by", "closest", "misses"}
     keys.add("runner_up")
     assert all(set(r) == keys for r in recs)
     # lora's fastest (Q3_K_M, KL 0.15) is over the floor: the floor is what bound the choice.
@@ -273,12 +276,47 @@ def test_vram_budget_is_na_without_a_gpu_measurement() -> None:
 
 def test_vram_budget_applies_when_measured() -> None:
     results = budget_results()
-    for res in results:
+    for res in results:  # the same variants, run on the GPU
+        res["variant"] = on_device(res["variant"], "gpu")
+        res["device"] = "gpu"
         res["memory"]["peak_vram_mb"] = res["memory"]["peak_rss_mb"]
     recs = recommend(results_table(results), 0.05, {"vram_budget_mb": 80})
-    assert _pick(recs, "base", "recommended")["variant"] == "gguf-Q4_K_M"
+    assert _pick(recs, "base", "recommended")["variant"] == "gguf-Q4_K_M@gpu"
     recs = recommend(results_table(results), 0.05, {"vram_budget_mb": 60})
     assert _pick(recs, "base", "recommended")["variant"] is None
+
+
+def test_vram_budget_is_judged_on_gpu_rows_only() -> None:
+    cpu = budget_results()
+    gpu = copy.deepcopy(cpu)
+    for res in gpu:
+        res["variant"] = on_device(res["variant"], "gpu")
+        res["device"] = "gpu"
+        res["memory"]["peak_vram_mb"] = res["memory"]["peak_rss_mb"]
+    for res in cpu:  # NVML saw memory in use while a CPU row ran (another process's): not the row's
+        res["memory"]["peak_vram_mb"] = 1.0
+    recs = recommend(results_table(cpu + gpu), 0.05, {"vram_budget_mb": 60})
+    by_device = {r["device"]: r for r in recs if r["kind"] == "best_under_budget"}
+    assert by_device["cpu"]["variant"] is None
+    assert by_device["cpu"]["why"].startswith("n/a: the VRAM budget is judged on GPU rows only")
+    assert by_device["gpu"]["variant"] is None and by_device["gpu"]["closest"]  # judged: every GPU row misses it
+    best = {r["device"]: r["variant"] for r in recs if r["kind"] == "recommended"}
+    assert best == {"cpu": "gguf-Q4_K_M", "gpu": None}  # on the CPU the budget is n/a, not a pass or a miss
+
+
+def test_two_devices_are_never_ranked_against_each_other() -> None:
+    cpu = budget_results()
+    # The GPU rows are 10x faster: ranked together, every answer would be a GPU row.
+    gpu = [make_result("base", on_device(v, "gpu"), *rest[:3], rest[3] * 10, *rest[4:], f16_tps=200.0,
+                       latency_s=LATENCY_S[v]) for v, *rest in VARIANTS["base"]]
+    recs = recommend(results_table(cpu + gpu), 0.05)
+    assert {(r["device"], r["kind"]) for r in recs} == {(d, k) for d in ("cpu", "gpu") for k in KIND_LABELS}
+    for r in recs:
+        named = [r["variant"], r["closest"], r["runner_up"]]
+        assert all(device_of(v) == r["device"] for v in named if v), r
+        assert all(device_of(v) == r["device"] for v in re.findall(r"gguf-[\w-]+(?:@gpu)?", r["why"])), r
+    alone = {(r["kind"], r["variant"]) for r in recommend(results_table(cpu), 0.05)}
+    assert {(r["kind"], r["variant"]) for r in recs if r["device"] == "cpu"} == alone
 
 
 def test_unmeasured_value_never_meets_a_budget() -> None:

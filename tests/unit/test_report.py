@@ -19,6 +19,7 @@ from factories import (
     budget_results,
     make_result,
     table_row,
+    two_device_results,
     with_similarity,
 )
 
@@ -132,9 +133,9 @@ def test_render_charts_and_llama_bench_columns(tmp_path: Path) -> None:
         assert "llama-bench tg" in text and "ours / engine" in text
         assert "cost of the Python path" in text  # glossary
     # The speed table, llama-bench's tg with its own CV (stdev 0.5 of 62.5: 1 %)
-    assert "| gguf-Q4_K_M ★ | 50.0 [47.5–52.5] | 2.50x [2.48–2.52] | 2.0 | 62.5 ±1 % | 0.80x |" in md
+    assert "| gguf-Q4_K_M ★ | cpu | 50.0 [47.5–52.5] | 2.50x [2.48–2.52] | 2.0 | 62.5 ±1 % | 0.80x |" in md
     # lora's results carry no llama_bench block: both cells are blank.
-    assert "| gguf-Q4_K_M ★ | 52.0 [49.4–54.6] | 2.48x [2.45–2.50] | 2.0 | – | – |" in md
+    assert "| gguf-Q4_K_M ★ | cpu | 52.0 [49.4–54.6] | 2.48x [2.45–2.50] | 2.0 | – | – |" in md
     html_row = re.search(r"<code>gguf-Q4_K_M ★</code></td>\s*(.*?)</tr>", html, re.S)
     assert html_row is not None and '>62.5 ±1 %</td><td class="num g-speed">0.80x</td>' in html_row.group(1)
     # Each group of columns can be hidden (a checkbox per group, CSS only).
@@ -243,6 +244,8 @@ def test_similarity_and_telemetry_flow_to_every_output(tmp_path: Path) -> None:
     results = with_similarity(answer_results())
     for r in results:
         r["memory"].update(peak_vram_mb=None, gpu_util_mean_pct=None, gpu_util_max_pct=None, vram_scope=None)
+    assert results[1]["variant"] == "gguf-Q8_0"  # run on the GPU: the VRAM budget judges GPU rows alone
+    results[1].update(variant="gguf-Q8_0@gpu", device="gpu")
     results[1]["memory"].update(peak_vram_mb=512.0, gpu_util_mean_pct=42.0, vram_scope="process")
     paths = report.render(results, [], RUN, tmp_path, quality_floor_kl=0.05, budgets={"vram_budget_mb": 400})
     df = results_table(results)
@@ -252,7 +255,8 @@ def test_similarity_and_telemetry_flow_to_every_output(tmp_path: Path) -> None:
     assert {"similarity_mean", "similarity_min", "retention", "peak_vram_mb", "gpu_util_mean_pct"} <= set(csv.columns)
     doc = json.loads(paths["results.json"].read_text(encoding="utf-8"))
     rows = {r["variant"]: r for r in doc["rows"]}
-    assert rows["gguf-Q8_0"]["peak_vram_mb"] == 512.0 and rows["gguf-f16"]["peak_vram_mb"] is None
+    assert rows["gguf-Q8_0@gpu"]["peak_vram_mb"] == 512.0 and rows["gguf-f16"]["peak_vram_mb"] is None
+    assert rows["gguf-Q8_0@gpu"]["device"] == "gpu" and rows["gguf-f16"]["device"] == "cpu"
     assert rows["gguf-Q4_K_M"]["similarity_min"] == 0.25
     assert pd.read_parquet(paths["results.parquet"])["similarity_mean"].notna().all()
     md = paths["summary.md"].read_text(encoding="utf-8")
@@ -267,3 +271,38 @@ def test_similarity_and_telemetry_flow_to_every_output(tmp_path: Path) -> None:
     assert "wrong-1 ✗ (sim 0.25) ⚠" in md  # per answer, side by side
     html = paths["index.html"].read_text(encoding="utf-8")
     assert "sim 0.25" in html and "Similarity mean / min" in html
+
+
+def test_two_devices_get_their_own_verdicts_choices_and_charts(tmp_path: Path) -> None:
+    results = two_device_results()
+    paths = report.render(results, [], RUN, tmp_path, quality_floor_kl=0.05, budgets={"vram_budget_mb": 335})
+    md = paths["summary.md"].read_text(encoding="utf-8")
+    html = paths["index.html"].read_text(encoding="utf-8")
+    # One verdict and one "why" block per device, each naming its device and its own variants only.
+    assert "**tiny-lm / base / cpu**: deploy gguf-Q4_K_M, 2.50x the f16's decode speed" in md
+    assert "**tiny-lm / base / gpu**: deploy gguf-Q4_K_M@gpu, 2.50x the f16's decode speed" in md
+    assert "### tiny-lm / base / cpu\n\n|" in md and "### tiny-lm / base / gpu\n\n|" in md
+    # The VRAM budget: n/a on the CPU, judged on the GPU (Q4_K_M@gpu's 330 MB is within 335).
+    assert "n/a: the VRAM budget is judged on GPU rows only (rows on the CPU hold no GPU memory)" in md
+    assert "VRAM budget not binding" in md
+    # Both stars in the one results table, each on its device; the GPU's over-budget VRAM marked, the CPU's n/a.
+    speed = [ln for ln in md.splitlines() if ln.startswith("| gguf-") and ("| cpu |" in ln or "| gpu |" in ln)]
+    assert [line.split(" | ")[0] for line in speed if "★" in line] == ["| gguf-Q4_K_M ★", "| gguf-Q4_K_M@gpu ★"]
+    lines = md.splitlines()
+    assert any(line.startswith("| gguf-Q8_0@gpu |") and line.endswith("| 353 ✗ | 80 |") for line in lines)
+    assert any(line.startswith("| gguf-Q8_0 |") and line.endswith("| 93 | n/a | n/a |") for line in lines)
+    # The speedup is against the f16 of the same device, never the CPU's f16 for a GPU row.
+    df = results_table(results).set_index("variant")
+    assert df.loc[["gguf-Q4_K_M", "gguf-Q4_K_M@gpu"], "speedup_vs_f16"].tolist() == [2.5, 2.5]
+    # Charts per device, so no Pareto front is drawn across two devices.
+    assert "tiny-lm / base on the cpu: fidelity against speed" in html
+    assert "tiny-lm / base on the gpu: fidelity against speed" in html
+    rows = {r["variant"]: r for r in json.loads(paths["results.json"].read_text())["rows"]}
+    assert rows["gguf-Q8_0@gpu"]["device"] == "gpu" and rows["gguf-Q8_0"]["device"] == "cpu"
+    assert rows["gguf-Q8_0@gpu"]["device_name"] == "NVIDIA Test GPU"
+
+
+def test_a_single_device_run_keeps_its_headings(tmp_path: Path) -> None:
+    gpu_only = [r for r in two_device_results() if r["device"] == "gpu"]
+    md = report.render(gpu_only, [], RUN, tmp_path, quality_floor_kl=0.05)["summary.md"].read_text(encoding="utf-8")
+    assert "**tiny-lm / base**: deploy gguf-Q4_K_M@gpu," in md and "/ gpu**" not in md

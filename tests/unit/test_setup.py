@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -213,3 +214,101 @@ def test_llama_cpp_converter_is_in_venv(deps):
     assert (LLAMA_CPP_DIR / f"{setup_llama_cpp.STAMP_PREFIX}{version}").is_file(), (
         f"{LLAMA_CPP_DIR} does not come from llama-cpp-python {version}: run `make venv`"
     )
+
+
+# --- the CUDA flavour of the llama.cpp build (scripts/build_llama_tools.py) -------------------------
+
+build_llama_tools = _load_script("build_llama_tools")
+
+
+@pytest.mark.parametrize(
+    ("smi", "caps"),
+    [("9.0\n", ["90"]), ("8.6\n9.0\n8.6\n", ["86", "90"]), ("12.0\n7.5", ["75", "120"]), ("", []),
+     ("No devices were found\n", []), ("NVIDIA-SMI has failed because it couldn't communicate\n8.9", ["89"])],
+)
+def test_compute_caps_from_nvidia_smi(smi, caps):
+    assert build_llama_tools.parse_compute_caps(smi) == caps
+
+
+def test_only_the_gpus_present_are_compiled_for():
+    assert build_llama_tools.cuda_architectures(["86", "90"]) == ("86-real", "90-real")
+    assert build_llama_tools.cuda_architectures(["90", "120"]) == ("90-real", "120a-real")  # Blackwell: 'a'
+
+
+def test_driver_cuda_version():
+    header = "| NVIDIA-SMI 570.86.15    Driver Version: 570.86.15    CUDA Version: 12.8     |"
+    assert build_llama_tools.driver_cuda_major(header) == 12
+    assert build_llama_tools.driver_cuda_major("no header") is None
+
+
+def test_nvcc_is_looked_for_where_toolkits_live(tmp_path):
+    nvcc = tmp_path / "cuda" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text("")
+    find = build_llama_tools.find_nvcc
+    assert find({"CUDA_HOME": str(tmp_path / "cuda")}, which=lambda _: None) == nvcc
+    assert find({"CUDACXX": str(nvcc)}, which=lambda _: None) == nvcc
+    assert find({}, which=lambda _: str(nvcc)) == nvcc
+    assert find({"CUDA_HOME": str(tmp_path / "none")}, which=lambda _: None) in (None, Path("/usr/local/cuda/bin/nvcc"))
+
+
+def test_the_flavour_follows_the_machine():
+    choose = build_llama_tools.choose_flavour
+    nvcc = Path("/opt/cuda/bin/nvcc")
+    assert choose("auto", [], None).name == "cpu"  # no GPU: no toolkit is looked at
+    assert choose("auto", [], nvcc).name == "cpu"
+    assert choose("auto", ["90"], None).name == "cpu"  # a GPU but no toolkit: still a working CPU build
+    cuda = choose("auto", ["86", "90"], nvcc, "Build cuda_12.8.r12.8")
+    assert (cuda.name, cuda.archs, cuda.nvcc) == ("cuda", ("86-real", "90-real"), str(nvcc))
+    assert choose("off", ["90"], nvcc).name == "cpu"
+    with pytest.raises(ValueError, match="LLAMA_CUDA=on but nvidia-smi reports no GPU"):
+        choose("on", [], nvcc)
+    with pytest.raises(ValueError, match="LLAMA_CUDA=on but no CUDA toolkit"):
+        choose("on", ["90"], None)
+
+
+def test_cmake_args_and_cache_keys_per_flavour():
+    cpu = build_llama_tools.CPU
+    cuda = build_llama_tools.choose_flavour("auto", ["90"], Path("/opt/cuda/bin/nvcc"), "Build cuda_12.8")
+    assert build_llama_tools.cmake_args(cpu) == build_llama_tools.CMAKE_ARGS  # the CPU build as it always was
+    args = build_llama_tools.cmake_args(cuda).split()
+    assert args[: len(build_llama_tools.CMAKE_ARGS.split())] == build_llama_tools.CMAKE_ARGS.split()
+    cuda_args = {"-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=90-real", "-DCMAKE_CUDA_COMPILER=/opt/cuda/bin/nvcc"}
+    assert cuda_args <= set(args)
+    key = build_llama_tools.build_key
+    assert key("0.3.36") == key("0.3.36", cpu) and key("0.3.36").startswith("0.3.36-")
+    assert key("0.3.36", cuda).startswith("0.3.36-cuda90-real-") and key("0.3.36", cuda) != key("0.3.36")
+    moved = build_llama_tools.choose_flavour("auto", ["90"], Path("/usr/bin/nvcc"), "Build cuda_12.8")
+    assert key("0.3.36", moved) == key("0.3.36", cuda)  # same toolkit elsewhere: same build
+    newer = build_llama_tools.choose_flavour("auto", ["90"], Path("/usr/bin/nvcc"), "Build cuda_12.9")
+    assert key("0.3.36", newer) != key("0.3.36", cuda)
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine: its flavour may be CUDA")
+def test_the_cpu_build_here_is_the_cached_one(deps):
+    # No GPU here: the flavour is the CPU's, and its key names the build `make venv` made.
+    flavour = build_llama_tools.detect_flavour("auto", Path("/nonexistent"))
+    assert flavour.name == "cpu" and flavour.reasons == ("no GPU reported by nvidia-smi",)
+    cache = Path.home() / ".cache" / "quantflow" / "llama.cpp-build"
+    if cache.is_dir():
+        assert (cache / build_llama_tools.build_key(deps["llama-cpp-python"][1])).is_dir()
+
+
+def test_a_toolkit_is_merged_from_the_component_wheels(tmp_path):
+    # The layout NVIDIA's wheels install: one folder per component under nvidia/.
+    pkgs = tmp_path / "wheels" / "nvidia"
+    for rel in ("cuda_nvcc/bin/nvcc", "cuda_nvcc/bin/ptxas", "cuda_nvcc/nvvm/libdevice/libdevice.10.bc",
+                "cuda_nvcc/include/crt/host_config.h", "cuda_runtime/include/cuda_runtime.h",
+                "cuda_runtime/lib/libcudart.so.12", "cublas/include/cublas_v2.h", "cublas/lib/libcublas.so.12",
+                "cublas/lib/libcublasLt.so.12", "cuda_cccl/include/cub/cub.cuh"):
+        (pkgs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkgs / rel).write_text(rel)
+    root = tmp_path / "toolkit"
+    nvcc = build_llama_tools.merge_toolkit(tmp_path / "wheels", root)
+    assert nvcc == root / "bin" / "nvcc" and not nvcc.is_symlink()  # copied: nvcc resolves paths from its own
+    for rel in ("include/cuda_runtime.h", "include/cublas_v2.h", "include/crt/host_config.h", "include/cub/cub.cuh",
+                "nvvm/libdevice/libdevice.10.bc", "lib64/libcublas.so.12"):
+        assert (root / rel).is_file(), rel
+    for lib in ("libcudart", "libcublas", "libcublasLt"):
+        assert (root / "lib" / f"{lib}.so").resolve() == (pkgs / ("cublas" if "cublas" in lib else "cuda_runtime")
+                                                           / "lib" / f"{lib}.so.12").resolve()

@@ -129,3 +129,38 @@ def test_retention_carries_its_bootstrap_interval_and_depths_become_columns() ->
     assert q4["python_vs_engine_d128"] == 0.96 and q4["bandwidth_fraction_d0"] == 0.4
     assert math.isnan(table_row(df, "lora", "gguf-f16")["decode_tps_d0"])
     assert math.isnan(table_row(df, "base", "gguf-f16")["retention_lo"])
+
+
+def test_rows_are_grouped_by_the_device_they_ran_on() -> None:
+    results = [
+        make_result("base", "gguf-f16", f16_tps=50.0),
+        make_result("base", "gguf-f16@gpu", decode_tps=400.0, f16_tps=400.0),
+        make_result("base", "hf-nf4", "NF4", decode_tps=200.0, device="cuda"),  # torch's name for the GPU
+        make_result("base", "hf-bnb8", "INT8", decode_tps=10.0),
+        make_result("base", "hf-gptq4", "GPTQ4", status="failed", reason="it broke"),
+    ]
+    results[3]["device"] = "cuda:0 (NVIDIA H100 80GB HBM3)"  # as HF results recorded it before the enum
+    del results[0]["device"]  # an older GGUF result: its name says where it ran
+    df = results_table(results).set_index("variant")
+    assert df["device"].dropna().to_dict() == {"gguf-f16": "cpu", "gguf-f16@gpu": "gpu", "hf-nf4": "gpu",
+                                               "hf-bnb8": "gpu"}  # a failed HF result: unknown
+    # An HF row on the GPU is compared with the GPU's f16, not the CPU's.
+    assert df.loc["hf-nf4", "speedup_vs_f16"] == pytest.approx(0.5)
+    assert df.loc["gguf-f16@gpu", "device_name"] == "NVIDIA Test GPU"
+
+
+def test_retention_uses_the_f16_of_the_rows_device_else_the_cpus() -> None:
+    def run(ft, variant, acc, **kw):
+        return make_result(ft, variant, accuracy=acc, **kw)
+
+    results = [run("base", "gguf-f16", 0.5), run("lora", "gguf-f16", 0.7), run("base", "gguf-f16@gpu", 0.4),
+               run("lora", "gguf-f16@gpu", 0.8), run("lora", "gguf-Q4_K_M@gpu", 0.6),
+               run("lora", "hf-nf4", 0.6, device="cuda"), run("lora", "gguf-Q4_K_M", 0.6)]
+    df = results_table(results).set_index("variant")
+    lora = df.loc[df["ft"] == "lora", "retention"]
+    assert lora["gguf-Q4_K_M"] == pytest.approx((0.6 - 0.5) / (0.7 - 0.5))
+    assert lora["gguf-Q4_K_M@gpu"] == pytest.approx((0.6 - 0.4) / (0.8 - 0.4))  # the GPU's own f16s
+    assert lora["hf-nf4"] == pytest.approx((0.6 - 0.4) / (0.8 - 0.4))
+    cpu_only = results_table([r for r in results if "@gpu" not in r["variant"]]).set_index("variant")
+    # No GGUF row on the GPU: an HF row on CUDA keeps its retention against the CPU's f16s.
+    assert cpu_only.loc[cpu_only["ft"] == "lora", "retention"]["hf-nf4"] == pytest.approx(0.5)

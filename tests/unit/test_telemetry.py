@@ -67,3 +67,30 @@ def test_schema_refuses_other_types(key, value):
     r["memory"][key] = value
     with pytest.raises(ValueError, match=key):
         validate(r)
+
+
+def test_a_cpu_row_samples_nothing_even_where_a_gpu_is():
+    with GpuSampler(interval_s=0.01, enabled=False) as gpu:
+        sum(range(10_000))
+    assert not gpu.available and gpu.reason == "not sampled (the variant runs on the CPU)"
+    assert gpu.info() is None and set(gpu.summary().values()) == {None}
+
+
+def test_no_visible_gpu_samples_nothing(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # what a CPU row (devices.hide_gpus) sets
+    with GpuSampler(interval_s=0.01) as gpu:
+        pass
+    assert gpu.device is None and not gpu.available and "no GPU visible" in gpu.reason
+
+
+@pytest.mark.skipif(not NVML, reason="no GPU / NVIDIA driver here")
+def test_sampler_records_the_gpu_and_its_state_at_start_and_end():
+    with GpuSampler(interval_s=0.01) as gpu:
+        sum(range(100_000))
+    info = gpu.info()
+    assert info["name"] and info["driver"] and info["uuid"].startswith("GPU-")
+    for when in ("start", "end"):
+        assert info[when]["sm_clock_mhz"] > 0 and info[when]["temperature_c"] > 0
+    r = copy.deepcopy(RESULT)
+    r["gpu"] = info
+    validate(r)
