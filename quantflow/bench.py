@@ -199,17 +199,26 @@ def measure_speed(
         def f16_run(model) -> dict[str, float]:
             if not same and "f16" not in others:
                 others["f16"] = load(f16, n_ctx, threads, mmap=True, gpu=gpu)  # after the peak RSS was read
-            return {"f16_decode_tps": decode_run(model if same else others["f16"], prompt[:n_prompt], n_gen)[1]}
+            m = model if same else others["f16"]
+            # Four untimed steps first: the other model's run just evicted the f16's weights from the
+            # caches, which on a small model swung its rate by +-25 % from round to round (measured on the
+            # demo); every timed run then starts warm, as llama-bench's repetitions do.
+            decode_run(m, [], 4)
+            return {"f16_decode_tps": decode_run(m, prompt[:n_prompt], n_gen)[1]}
 
         companions.append(f16_run)
-    if depths:
-        companions.append(lambda m: {f"decode_tps_d{d}": decode_run(m, prompt[:d], n_gen)[1] for d in depths})
+    # The depth equal to the prompt's is the main decode itself: paired_blocks takes it from there.
+    if other_depths := [d for d in depths if d != n_prompt]:
+        companions.append(lambda m: {f"decode_tps_d{d}": decode_run(m, prompt[:d], n_gen)[1] for d in other_depths})
+    # llama-bench at the prompt's depth (and 0) by default; at every depth only when asked: each depth
+    # costs it a prefill and n_gen more steps per round, as much as our own curve.
+    engine_depths = depths if cfg.get("engine_every_depth") else []
     engine_setup: dict = {}  # what llama-bench reports it ran on (its -ngl, its backends)
     if llama_cpp_dir is not None:
         from .llama_tools import llama_bench
 
         def engine_run(_) -> dict[str, float]:
-            r = llama_bench(llama_cpp_dir, path, threads, n_prompt, n_gen, 1, depths,
+            r = llama_bench(llama_cpp_dir, path, threads, n_prompt, n_gen, 1, engine_depths,
                             n_gpu_layers=BENCH_ALL_LAYERS if gpu else 0)
             engine_setup.update({k: r[k] for k in ("n_gpu_layers", "backends") if k in r})
             tg = {f"engine_tg_tps_d{d}": rate for d, (rate, _) in r["tg_by_depth"].items()}
@@ -244,6 +253,8 @@ def paired_blocks(rounds: dict[str, list[float]], n_prompt: int, depths: list[in
     """The speed block's paired figures from the rounds of :func:`quantflow.speed.measure`."""
     out: dict = {}
     tg = rounds["decode_tps"]
+    if n_prompt in depths:  # measured once per round, as the main decode
+        rounds = {**rounds, f"decode_tps_d{n_prompt}": tg}
     if "f16_decode_tps" in rounds:
         out["f16_decode_tps"] = stats.summarize(rounds["f16_decode_tps"])
         out["speedup_vs_f16"] = stats.paired_ratio(tg, rounds["f16_decode_tps"])

@@ -137,7 +137,7 @@ def test_paired_rounds_with_f16_depths_and_llama_bench(tiny_f16, reference, tiny
     quantize(tiny_f16, tmp_path / "q4.gguf", {"type": "Q4_K_M"}, 2, LLAMA_CPP_DIR)
     test = read_jsonl(tiny_data["test"])[:3]
     ref_answers, _ = bench.answer_tasks(tiny_f16, test, CFG, threads=2)
-    cfg = dict(CFG, depths=[0, 24])
+    cfg = dict(CFG, depths=[0, CFG["prompt_tokens"], 24])
     machine = {"copy_gbps": 5.0}
     r = bench.run_variant(
         tmp_path / "q4.gguf",
@@ -158,10 +158,15 @@ def test_paired_rounds_with_f16_depths_and_llama_bench(tiny_f16, reference, tiny
     assert sp["speedup_vs_f16"]["n"] == sp["f16_decode_tps"]["n"] == n == r["llama_bench"]["reps"]
     lo, hi = sp["speedup_vs_f16"]["ci95"]
     assert lo <= sp["speedup_vs_f16"]["median"] <= hi
-    assert [d["depth"] for d in sp["by_depth"]] == [0, 24]
+    assert [d["depth"] for d in sp["by_depth"]] == [0, CFG["prompt_tokens"], 24]
+    # the prompt's depth is the main decode itself; llama-bench ran at 0 and the prompt's depth only
+    assert sp["by_depth"][1]["decode_tps"] == sp["decode_tps"]
     for row in sp["by_depth"]:
-        assert row["decode_tps"]["n"] == row["engine_tg_tps"]["n"] == row["python_vs_engine"]["n"] == n
-        assert 0 < row["bandwidth_fraction"]
+        assert row["decode_tps"]["n"] == n and 0 < row["bandwidth_fraction"]
+        engine = row["depth"] in (0, CFG["prompt_tokens"])
+        assert ("engine_tg_tps" in row) is engine and ("python_vs_engine" in row) is engine
+        if engine:
+            assert row["engine_tg_tps"]["n"] == row["python_vs_engine"]["n"] == n
     # the bandwidth figure: weights + KV at the prompt's depth, times the median rate, over the machine's
     bw = sp["bandwidth"]
     assert bw["bytes_per_token"] == bw["weights_bytes"] + bw["kv_bytes_per_token"] * CFG["prompt_tokens"]
@@ -171,6 +176,14 @@ def test_paired_rounds_with_f16_depths_and_llama_bench(tiny_f16, reference, tiny
     q = r["quality"]
     assert q["flips_lost"] + q["flips_gained"] <= 3 and 0 < q["mcnemar_p"] <= 1
     assert 0 < q["kl_mean_se"] and q["kl_p99_ci95"][0] <= q["kl_p99"] <= q["kl_p99_ci95"][1]
+
+
+def test_llama_bench_along_the_whole_curve_when_asked(tiny_f16, reference, tiny_data):
+    ref = quality.load_reference(reference)
+    cfg = dict(CFG, depths=[0, 24], engine_every_depth=True)
+    prompts = read_jsonl(tiny_data["prompts"])[:1]
+    sp, _ = bench.measure_speed(tiny_f16, cfg, 2, quality.prompt_of(ref, 24), prompts, llama_cpp_dir=LLAMA_CPP_DIR)
+    assert [(d["depth"], d["engine_tg_tps"]["n"]) for d in sp["by_depth"]] == [(0, sp["rounds"]), (24, sp["rounds"])]
 
 
 def test_run_variant_result_validates(tiny_f16, reference, tiny_data):
