@@ -173,10 +173,13 @@ def test_report_screenshot(chromium: str, report_html: Path, tmp_path: Path) -> 
 # laid out and writes it into the DOM, which --dump-dom then returns.
 LAYOUT_PROBE = """<script>
 addEventListener("load", () => {
-  const out = {width: innerWidth, scroll: document.documentElement.scrollWidth, verdicts: [], texts: 0, overlaps: []};
+  const out = {width: innerWidth, scroll: document.documentElement.scrollWidth, verdicts: [], clipped: [], texts: 0,
+               overlaps: []};
   for (const g of document.querySelectorAll(".verdict-group")) {
     const r = g.getBoundingClientRect();
     out.verdicts.push([r.top + scrollY, r.bottom + scrollY]);
+    const box = g.querySelector(".scroll");  // a comparison wider than its column scrolls: its last columns hide
+    if (box && box.scrollWidth > box.clientWidth + 1) out.clipped.push([box.clientWidth, box.scrollWidth]);
   }
   document.querySelectorAll("svg.chart").forEach((svg, k) => {
     const boxes = [...svg.querySelectorAll('g[id*="text_"]')].map((g) => [g.id, g.getBoundingClientRect()])
@@ -212,8 +215,9 @@ def test_real_report_reads_first_and_lays_out(chromium: str, tiny_run: Path, tmp
     layout = json.loads(html.unescape(found.group(1)))
     assert layout["scroll"] <= layout["width"], layout  # the page itself never scrolls sideways
     assert len(layout["verdicts"]) == len(groups)
-    if width == 1400:  # every verdict with its comparison table in the first screen
+    if width == 1400:  # every verdict with its whole comparison table in the first screen
         assert all(bottom <= 900 for _, bottom in layout["verdicts"]), layout["verdicts"]
+        assert not layout["clipped"], layout["clipped"]
     else:
         assert layout["verdicts"][0][0] < 900
     assert layout["texts"] > 20 and not layout["overlaps"], layout["overlaps"]
