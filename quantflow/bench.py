@@ -97,7 +97,7 @@ def greedy(llm, prompt_tokens: list[int], max_new: int, stop_newline: bool = Tru
     return out, ttft if ttft is not None else 0.0, time.perf_counter() - t0
 
 
-def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float | None, float]:
+def decode_run(llm, prompt: list[int], n_gen: int, states: dict | None = None) -> tuple[float | None, float]:
     """One repetition: prompt tok/s (batched prompt eval) and decode tok/s (n_gen single-token steps).
 
     The prompt is the KV depth the decode starts at; an empty one starts from an empty cache with BOS
@@ -107,6 +107,12 @@ def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float | None, float]
     (what a real generation needs): `Llama.eval` would add a KV cache scan, a batch rebuild and
     bookkeeping per token, Python cost that is not the engine's.
 
+    With ``states`` (a dict kept by the caller) the context after the prompt is saved once and restored
+    in later calls instead of evaluating the prompt again, as llama-bench restores its depth between
+    repetitions: a deep curve point then costs its decode alone. A restored call has no prompt rate
+    (None), and its first step feeds the prompt's last token again (the step's cost does not depend on
+    which token it is).
+
     llama_decode returns before a GPU has finished (reading the logits waits for it): the clock is read
     after llama_synchronize, so the prompt and the last step are timed to their end (a no-op on the CPU).
     """
@@ -114,11 +120,16 @@ def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float | None, float]
 
     llm.reset()
     llm._ctx.kv_cache_seq_rm(-1, 0, -1)  # eval() clears the cache itself; with no prompt nothing else does
+    restored = states is not None and len(prompt) in states
     t0 = time.perf_counter()
-    if prompt:
+    if restored:
+        llm.load_state(states[len(prompt)])
+    elif prompt:
         llm.eval(prompt)
         llama_cpp.llama_synchronize(llm._ctx.ctx)
     t1 = time.perf_counter()
+    if prompt and states is not None and not restored:
+        states[len(prompt)] = llm.save_state()
     ctx, n_vocab, pos = llm._ctx.ctx, llm.n_vocab(), llm.n_tokens
     batch = llama_cpp.llama_batch_init(1, 0, 1)
     get_logits, decode, token, position = llama_cpp.llama_get_logits_ith, llama_cpp.llama_decode, batch.token, batch.pos
@@ -134,6 +145,8 @@ def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float | None, float]
         for i in range(n_gen):
             if i == 0 and not prompt:
                 token[0] = llm.token_bos()
+            elif i == 0 and restored:
+                token[0] = prompt[-1]
             else:
                 ptr = get_logits(ctx, -1)
                 if (at := ctypes.cast(ptr, ctypes.c_void_p).value) != address:
@@ -148,7 +161,7 @@ def decode_run(llm, prompt: list[int], n_gen: int) -> tuple[float | None, float]
     finally:
         llama_cpp.llama_batch_free(batch)
     llm.n_tokens = pos  # the wrapper's view of the cache: the next reset()/eval() clears it as usual
-    return (len(prompt) / (t1 - t0) if prompt else None), n_gen / (t2 - t_dec)
+    return (len(prompt) / (t1 - t0) if prompt and not restored else None), n_gen / (t2 - t_dec)
 
 
 def encode_item(llm, item: dict) -> list[int]:
@@ -181,18 +194,20 @@ def measure_speed(
     """:func:`quantflow.speed.measure` for a GGUF file (loaded without mmap, see :func:`load`), on the CPU or,
     with ``gpu``, every layer on the GPU (the f16 it is paired with too; llama-bench with -ngl 99).
 
-    Each round also decodes with the f16 reference ``f16`` (``speedup_vs_f16``: the paired ratio; the
-    f16 file itself is paired with a second run of itself, so its ratio shows the pairing's own noise),
-    decodes at every depth of cfg["depths"], and runs llama-bench once on the same file, threads and
-    token counts (``llama_bench``: the engine's figures and ours/engine as paired ratios). ``prompt``
-    must hold the deepest depth's tokens.
+    Every round also decodes with the f16 reference ``f16`` just before or after ours (``speedup_vs_f16``:
+    the paired ratio, the figure the rounds continue for; the f16 file itself is paired with a second
+    run of itself, so its ratio shows the pairing's own noise). The first cfg["curve_rounds"] rounds also
+    run llama-bench once on the same file, threads and token counts, next to our decode (``llama_bench``:
+    the engine's figures and ours/engine as paired ratios), and decode at every other depth of
+    cfg["depths"]. ``prompt`` must hold the deepest depth's tokens.
     """
     Path(path).read_bytes()  # page cache warm: load time measures llama.cpp, not the disk
     n_ctx, n_gen, n_prompt = speed_context(cfg), cfg["gen_tokens"], min(cfg["prompt_tokens"], len(prompt))
     depths = [int(d) for d in cfg.get("depths", [])]
     if max(depths, default=0) > len(prompt):
         raise ValueError(f"bench.depths: {max(depths)} tokens deep, but the reference holds {len(prompt)}")
-    companions, others = [], {}
+    companions, extras, others = [], [], {}
+    f16_states: dict = {}  # the f16's context after the prompt, restored in every round after the first
     if f16 is not None:
         same = Path(f16).resolve() == Path(path).resolve()
 
@@ -204,12 +219,15 @@ def measure_speed(
             # caches, which on a small model swung its rate by +-25 % from round to round (measured on the
             # demo); every timed run then starts warm, as llama-bench's repetitions do.
             decode_run(m, [], 4)
-            return {"f16_decode_tps": decode_run(m, prompt[:n_prompt], n_gen)[1]}
+            return {"f16_decode_tps": decode_run(m, prompt[:n_prompt], n_gen, f16_states)[1]}
 
         companions.append(f16_run)
     # The depth equal to the prompt's is the main decode itself: paired_blocks takes it from there.
+    depth_states: dict = {}  # each depth's context, restored in later rounds as llama-bench restores its own
     if other_depths := [d for d in depths if d != n_prompt]:
-        companions.append(lambda m: {f"decode_tps_d{d}": decode_run(m, prompt[:d], n_gen)[1] for d in other_depths})
+        extras.append(
+            lambda m: {f"decode_tps_d{d}": decode_run(m, prompt[:d], n_gen, depth_states)[1] for d in other_depths}
+        )
     # llama-bench at the prompt's depth (and 0) by default; at every depth only when asked: each depth
     # costs it a prefill and n_gen more steps per round, as much as our own curve.
     engine_depths = depths if cfg.get("engine_every_depth") else []
@@ -224,7 +242,7 @@ def measure_speed(
             tg = {f"engine_tg_tps_d{d}": rate for d, (rate, _) in r["tg_by_depth"].items()}
             return {"engine_pp_tps": r["pp_tps"], **tg}
 
-        companions.append(engine_run)
+        extras.insert(0, engine_run)  # first: next to our decode in both orders of a round
     try:
         sp, memory, rounds = speed.measure(
             load=lambda: load(path, n_ctx, threads, gpu=gpu),
@@ -237,6 +255,8 @@ def measure_speed(
             prompt=prompt[:n_prompt],
             suite=suite,
             companions=companions,
+            extras=extras,
+            paired="f16_decode_tps" if f16 is not None else None,
             reload=lambda: load(path, n_ctx, threads, mmap=True, gpu=gpu),
             gpu=gpu,
         )
@@ -250,7 +270,11 @@ def measure_speed(
 
 
 def paired_blocks(rounds: dict[str, list[float]], n_prompt: int, depths: list[int], threads: int, n_gen: int) -> dict:
-    """The speed block's paired figures from the rounds of :func:`quantflow.speed.measure`."""
+    """The speed block's paired figures from the rounds of :func:`quantflow.speed.measure`.
+
+    The extras (llama-bench, the other depths) ran in the first rounds only: a ratio against our decode
+    pairs them with our decode of those same rounds.
+    """
     out: dict = {}
     tg = rounds["decode_tps"]
     if n_prompt in depths:  # measured once per round, as the main decode
@@ -260,6 +284,7 @@ def paired_blocks(rounds: dict[str, list[float]], n_prompt: int, depths: list[in
         out["speedup_vs_f16"] = stats.paired_ratio(tg, rounds["f16_decode_tps"])
     if "engine_pp_tps" in rounds:
         eng_tg, eng_pp = rounds[f"engine_tg_tps_d{n_prompt}"], rounds["engine_pp_tps"]
+        ratio = stats.paired_ratio(tg[: len(eng_tg)], eng_tg)
         out["llama_bench"] = {
             "pp_tps": float(np.mean(eng_pp)),
             "pp_sd": float(np.std(eng_pp, ddof=1)) if len(eng_pp) > 1 else 0.0,
@@ -271,16 +296,17 @@ def paired_blocks(rounds: dict[str, list[float]], n_prompt: int, depths: list[in
             "tg_depth": n_prompt,
             "reps": len(eng_tg),
             "threads": threads,
-            "python_vs_engine_tg": stats.paired_ratio(tg, eng_tg)["median"],
-            "python_vs_engine_tg_ci95": stats.paired_ratio(tg, eng_tg)["ci95"],
-            "python_vs_engine_pp": stats.paired_ratio(rounds["prompt_tps"], eng_pp)["median"],
+            "python_vs_engine_tg": ratio["median"],
+            "python_vs_engine_tg_ci95": ratio["ci95"],
+            "python_vs_engine_pp": stats.paired_ratio(rounds["prompt_tps"][: len(eng_pp)], eng_pp)["median"],
         }
     by_depth = []
     for d in depths:
-        row: dict = {"depth": d, "decode_tps": stats.summarize(rounds[f"decode_tps_d{d}"])}
+        ours = rounds[f"decode_tps_d{d}"]
+        row: dict = {"depth": d, "decode_tps": stats.summarize(ours)}
         if (key := f"engine_tg_tps_d{d}") in rounds:
             row["engine_tg_tps"] = stats.summarize(rounds[key])
-            row["python_vs_engine"] = stats.paired_ratio(rounds[f"decode_tps_d{d}"], rounds[key])
+            row["python_vs_engine"] = stats.paired_ratio(ours[: len(rounds[key])], rounds[key])
         by_depth.append(row)
     if by_depth:
         out["by_depth"] = by_depth

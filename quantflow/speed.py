@@ -55,6 +55,8 @@ def measure(
     close: Callable[[object], None] = lambda model: None,
     free: Callable[[], None] = lambda: None,
     companions: Sequence[Callable[[object], dict[str, float]]] = (),
+    extras: Sequence[Callable[[object], dict[str, float]]] = (),
+    paired: str | None = None,
     reload: Callable[[], object] | None = None,
     what: str = "",
     gpu: bool = True,
@@ -68,12 +70,16 @@ def measure(
     ``answer(model, ids, max_new)`` one timed greedy answer -> (seconds to first token, total);
     ``encode(model, item)`` the token ids of a suite item.
 
-    Decode repetitions are *rounds*: each round runs the decode and then every companion (a function of
-    the model returning named figures, e.g. the f16 reference's decode rate or llama-bench's), in
-    forward order on even rounds and backward on odd ones (ABBA...), so the machine's slow and fast
-    spells hit every figure of a round alike and cancel in their ratios. Rounds continue past
-    cfg["repetitions"] until the 95 % CI of the median decode rate is within +-cfg["target_ci"] or
-    cfg["max_repetitions"] is reached; one warm-up round (cfg["warmup"] of them) is discarded.
+    Decode repetitions are *rounds*: each round runs every companion and the decode (a companion is a
+    function of the model returning named figures, e.g. the f16 reference's decode rate), and in the
+    first cfg["curve_rounds"] rounds (default: cfg["repetitions"]) the extras after it (costlier figures
+    that need no more rounds than that: other KV depths, llama-bench), in forward order on even rounds
+    and backward on odd ones (ABBA...), so the decode sits next to its companions and to the first extra
+    in every round and the machine's slow and fast spells hit the figures of a round alike and cancel
+    in their ratios. Rounds continue past cfg["repetitions"] (and past the extras' rounds) until the
+    95 % CI of the per-round ratio decode / ``paired`` (a companion's key), or without one of the median
+    decode rate, is within +-cfg["target_ci"], or cfg["max_repetitions"] is reached; one warm-up round
+    (cfg["warmup"] of them) is discarded.
 
     The baseline RSS is read before the first load (the caller imports its framework first, so
     model_rss_mb is the model and its buffers); the peak once the timed answers ran, before the decode
@@ -118,18 +124,18 @@ def measure(
             pp, tg = decode(m, prompt, n_gen)
             return {"prompt_tps": pp, "decode_tps": tg}
 
-        runners = [main, *companions]
-        for _ in range(warm if companions else 0):
-            for c in companions:
+        for _ in range(warm):
+            for c in (*companions, *extras):
                 c(model)
+        curve = cfg.get("curve_rounds", reps)
+        least = max(reps, curve) if extras else reps
         rounds: dict[str, list[float]] = {}
-        while len(rounds.get("decode_tps", [])) < cfg["max_repetitions"]:
-            order = runners if len(rounds.get("decode_tps", [])) % 2 == 0 else runners[::-1]
-            for run in order:
+        while (n := len(rounds.get("decode_tps", []))) < cfg["max_repetitions"]:
+            runners = [*companions, main, *(extras if n < curve else ())]
+            for run in runners if n % 2 == 0 else runners[::-1]:
                 for k, v in run(model).items():
                     rounds.setdefault(k, []).append(v)
-            tg = rounds["decode_tps"]
-            if len(tg) >= reps and stats.converged(tg, cfg["target_ci"]):
+            if n + 1 >= least and _converged(rounds, paired, cfg["target_ci"]):
                 break
         close(model)
         model = None
@@ -150,6 +156,14 @@ def measure(
         peak,
     )
     return speed, memory, rounds
+
+
+def _converged(rounds: dict[str, list[float]], paired: str | None, target: float) -> bool:
+    """The stop rule: the paired ratio's CI (the figure rankings use) or else the decode median's."""
+    tg = rounds["decode_tps"]
+    if paired is None:
+        return stats.converged(tg, target)
+    return stats.converged([a / b for a, b in zip(tg, rounds[paired], strict=True)], target)
 
 
 def run_isolated(module: str, payload: dict, what: str) -> dict:

@@ -111,6 +111,19 @@ def test_decode_loop_generates_what_greedy_eval_does(tiny_f16, reference):
     assert bench.decode_run(llm, prompt, 4)[1] > 0
     # depth 0: from an empty cache, BOS first, no prompt rate
     assert bench.decode_run(llm, [], 4)[0] is None and llm.n_tokens == 4
+    # a kept state: the first call evaluates the prompt and saves it, the next restores it (no prompt rate)
+    states: dict = {}
+    assert bench.decode_run(llm, prompt, 3, states)[0] > 0 and list(states) == [len(prompt)]
+    bench.decode_run(llm, [], 5)  # the cache now holds something else entirely
+    pp, tg = bench.decode_run(llm, prompt, 3, states)
+    assert pp is None and tg > 0 and llm.n_tokens == len(prompt) + 3
+    # restored, the cache is the prompt's again: one more step from it gives the prompt's own next logits
+    llm.load_state(states[len(prompt)])
+    llm.eval([prompt[-1]])  # at the position after the prompt, as decode_run's first restored step
+    restored = bench.last_logits(llm).copy()
+    llm.reset()
+    llm.eval(prompt + [prompt[-1]])
+    np.testing.assert_allclose(restored, bench.last_logits(llm), atol=1e-2)
     llm.close()
 
 
@@ -131,13 +144,15 @@ def test_speed_in_isolated_process(tiny_f16, reference, tiny_data):
 
 
 def test_paired_rounds_with_f16_depths_and_llama_bench(tiny_f16, reference, tiny_data, tmp_path):
-    """Every round holds the variant, its f16, our decode at each depth and one llama-bench run."""
+    """Every round holds the variant and its f16; the first curve_rounds also our decode at each depth
+    and one llama-bench run; rounds go on past them only for the paired speedup."""
     from quantflow.results import validate
 
     quantize(tiny_f16, tmp_path / "q4.gguf", {"type": "Q4_K_M"}, 2, LLAMA_CPP_DIR)
     test = read_jsonl(tiny_data["test"])[:3]
     ref_answers, _ = bench.answer_tasks(tiny_f16, test, CFG, threads=2)
-    cfg = dict(CFG, depths=[0, CFG["prompt_tokens"], 24])
+    # a target no run meets: every round up to max_repetitions, the curve and llama-bench in the first 3
+    cfg = dict(CFG, depths=[0, CFG["prompt_tokens"], 24], curve_rounds=3, max_repetitions=5, target_ci=1e-6)
     machine = {"copy_gbps": 5.0}
     r = bench.run_variant(
         tmp_path / "q4.gguf",
@@ -154,19 +169,20 @@ def test_paired_rounds_with_f16_depths_and_llama_bench(tiny_f16, reference, tiny
     )
     validate(dict(r, provenance={"cpu": "x"}))
     sp, n = r["speed"], r["speed"]["rounds"]
-    assert CFG["repetitions"] <= n <= CFG["max_repetitions"] and sp["decode_tps"]["n"] == n
-    assert sp["speedup_vs_f16"]["n"] == sp["f16_decode_tps"]["n"] == n == r["llama_bench"]["reps"]
+    assert n == 5 and sp["decode_tps"]["n"] == n
+    assert sp["speedup_vs_f16"]["n"] == sp["f16_decode_tps"]["n"] == n and r["llama_bench"]["reps"] == 3
     lo, hi = sp["speedup_vs_f16"]["ci95"]
     assert lo <= sp["speedup_vs_f16"]["median"] <= hi
     assert [d["depth"] for d in sp["by_depth"]] == [0, CFG["prompt_tokens"], 24]
     # the prompt's depth is the main decode itself; llama-bench ran at 0 and the prompt's depth only
     assert sp["by_depth"][1]["decode_tps"] == sp["decode_tps"]
     for row in sp["by_depth"]:
-        assert row["decode_tps"]["n"] == n and 0 < row["bandwidth_fraction"]
+        assert row["decode_tps"]["n"] == (n if row["depth"] == CFG["prompt_tokens"] else 3)
+        assert 0 < row["bandwidth_fraction"]
         engine = row["depth"] in (0, CFG["prompt_tokens"])
         assert ("engine_tg_tps" in row) is engine and ("python_vs_engine" in row) is engine
         if engine:
-            assert row["engine_tg_tps"]["n"] == row["python_vs_engine"]["n"] == n
+            assert row["engine_tg_tps"]["n"] == row["python_vs_engine"]["n"] == 3
     # the bandwidth figure: weights + KV at the prompt's depth, times the median rate, over the machine's
     bw = sp["bandwidth"]
     assert bw["bytes_per_token"] == bw["weights_bytes"] + bw["kv_bytes_per_token"] * CFG["prompt_tokens"]
@@ -180,10 +196,11 @@ def test_paired_rounds_with_f16_depths_and_llama_bench(tiny_f16, reference, tiny
 
 def test_llama_bench_along_the_whole_curve_when_asked(tiny_f16, reference, tiny_data):
     ref = quality.load_reference(reference)
-    cfg = dict(CFG, depths=[0, 24], engine_every_depth=True)
+    cfg = dict(CFG, depths=[0, 24], engine_every_depth=True, curve_rounds=4, max_repetitions=4)
     prompts = read_jsonl(tiny_data["prompts"])[:1]
     sp, _ = bench.measure_speed(tiny_f16, cfg, 2, quality.prompt_of(ref, 24), prompts, llama_cpp_dir=LLAMA_CPP_DIR)
-    assert [(d["depth"], d["engine_tg_tps"]["n"]) for d in sp["by_depth"]] == [(0, sp["rounds"]), (24, sp["rounds"])]
+    assert sp["rounds"] == 4  # no f16 pair: the decode median's CI decides, but not before the curve's rounds
+    assert [(d["depth"], d["engine_tg_tps"]["n"]) for d in sp["by_depth"]] == [(0, 4), (24, 4)]
 
 
 def test_run_variant_result_validates(tiny_f16, reference, tiny_data):

@@ -29,9 +29,12 @@ def broken(mutate):
 
 @pytest.mark.parametrize("path", ["config.yaml", "tests/configs/tiny.yaml"])
 def test_shipped_configs_validate_and_get_defaults(path):
-    cfg = validate(yaml.safe_load((REPO / path).read_text()))
+    raw = yaml.safe_load((REPO / path).read_text())
+    cfg = validate(raw)
     assert cfg["report"]["quality_floor_kl"] > 0
-    assert cfg["bench"]["target_ci"] == 0.03
+    given = raw.get("bench") or {}
+    assert cfg["bench"]["target_ci"] == given.get("target_ci", 0.03)
+    assert cfg["bench"]["curve_rounds"] == given.get("curve_rounds", 10)
 
 
 def test_unknown_quant_type_names_key_and_lists_valid_types():
