@@ -102,6 +102,7 @@ COLUMNS: tuple[Column, ...] = (
            lambda r: with_ci(r["accuracy"], r["accuracy_lo"], r["accuracy_hi"], ".1f", scale=100),
            "min_accuracy"),
     Column("tasks", "Δ acc vs base (pp)", lambda r: fmt(r["accuracy_gain_vs_base"], "+.1f", scale=100)),
+    Column("tasks", "McNemar p vs base", lambda r: p_value(r["gain_vs_base_p"])),
     Column("tasks", "Retention %", lambda r: na(r["retention"], ".0f", scale=100)),
     Column("tasks", "Flips lost / gained", _flips),
     Column("tasks", "McNemar p vs f16", lambda r: p_value(r["mcnemar_p"])),

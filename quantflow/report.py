@@ -24,12 +24,12 @@ import pandas as pd
 
 from . import charts, columns, exports, templating
 from .answers import answers_side_by_side
-from .display import fmt, human_count
+from .display import fmt, human_count, p_value
 from .limits import Constraint, make_constraints
 from .recommend import KIND_LABELS, recommend
 from .table import is_missing, results_table, with_provenance
 from .templating import MARKS, MISSING
-from .variants import short_name
+from .variants import REFERENCE, short_name
 from .verdict import verdicts
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,10 @@ GLOSSARY: tuple[dict[str, str], ...] = (
     {"metric": "Δ acc vs base", "better": "higher",
      "how": "Accuracy minus the base model's accuracy for the same variant, in "
             "percentage points: what the fine-tune bought."},
+    {"metric": "McNemar p vs base", "better": "lower",
+     "how": "Exact McNemar test of the fine-tune's answers against the base model's with the same variant "
+            "(the pair Δ acc vs base compares): the chance of flips at least this lopsided if fine-tuning "
+            "changed nothing. Below 0.01 the gain is real on this test set."},
     {"metric": "Retention %", "better": "higher",
      "how": "Share of the fine-tune's accuracy gain the variant keeps: (accuracy of the variant − "
             "accuracy of the base f16) / (accuracy of the fine-tune's f16 − accuracy of the base f16). "
@@ -188,7 +192,7 @@ def _context(
         "answers": views,
         "answer_categories": [(c, _slug(c)) for c in categories],
         "loss_tables": _loss_tables(training),
-        "training": _training_table(training),
+        "training": _training_table(_with_task_gain(training, df)),
         "problems": _problem_rows(df),
         "glossary": GLOSSARY,
     }
@@ -321,7 +325,27 @@ _TRAINING_COLUMNS: tuple[tuple[str, str, Any], ...] = (
     ("wall_s", "Wall s", lambda v: fmt(v, ".0f")),
     ("peak_rss_mb", "Peak RSS MB", lambda v: fmt(v, ".0f")),
     ("steps", "Steps", lambda v: fmt(v, ".0f")),
+    ("task_accuracy", "Task acc % (f16)", lambda v: fmt(v, ".1f", scale=100)),
+    ("task_gain", "Δ acc vs base (pp)", lambda v: fmt(v, "+.1f", scale=100)),
+    ("task_gain_p", "McNemar p vs base", p_value),
 )
+
+
+def _with_task_gain(training: Sequence[Mapping[str, Any]], df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each fine-tune's training figures with what they bought on the tasks: its f16's accuracy, the gain
+    over the base f16 and the exact McNemar p of that gain (the results table's row for the CPU f16)."""
+    f16 = df.loc[df["variant"] == REFERENCE].set_index(["model", "ft"])
+    out = []
+    for t in training:
+        key = (t.get("model"), t.get("ft"))
+        row = f16.loc[key] if key in f16.index else None
+        extra = {} if row is None else {
+            "task_accuracy": row["accuracy"],
+            "task_gain": row["accuracy_gain_vs_base"],
+            "task_gain_p": row["gain_vs_base_p"],
+        }
+        out.append({**t, **extra})
+    return out
 
 
 def _training_table(training: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:

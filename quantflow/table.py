@@ -52,14 +52,15 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "decode_tps_lo", "decode_tps_hi", "speedup_vs_f16_lo", "speedup_vs_f16_hi",
     "python_vs_engine_tg_lo", "python_vs_engine_tg_hi", "bandwidth_fraction",
     "ppl_se", "kl_mean_se", "kl_p99_lo", "kl_p99_hi", "top1_se",
-    "accuracy_lo", "accuracy_hi", "mcnemar_p",
+    "accuracy_lo", "accuracy_hi", "mcnemar_p", "gain_vs_base_p",
 )
 #: Prefix of the per-category accuracy columns that follow RESULT_COLUMNS (``acc_math``, ...).
 CATEGORY_PREFIX = "acc_"
 
 #: Columns :func:`results_table` derives across results rather than reading from one.
 _DERIVED_COLUMNS = (
-    "speedup_vs_f16", "accuracy_gain_vs_base", "retention", "retention_lo", "retention_hi", "flips_lost", "flips_gained"
+    "speedup_vs_f16", "accuracy_gain_vs_base", "retention", "retention_lo", "retention_hi", "flips_lost",
+    "flips_gained", "gain_vs_base_p",
 )
 
 
@@ -79,7 +80,9 @@ def results_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     df = _drop_duplicate_keys(df)
     df = _add_speedup(df)
     df = _add_accuracy_gain(df)
-    df = _add_retention(df, results)
+    correct = _correct_answers(results)
+    df = _add_gain_p(df, correct)
+    df = _add_retention(df, correct)
     df = _add_flips(df, results)
     for col in ("n_test", "threads", "flips_lost", "flips_gained", "n_fallback"):
         # Nullable ints keep "8" rather than "8.0" in the CSV while still allowing missing values.
@@ -246,16 +249,37 @@ def _add_accuracy_gain(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="_base_acc")
 
 
-def _add_retention(df: pd.DataFrame, results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """stats.retention per row against the f16 accuracies of the base and of the row's fine-tune, with its
-    bootstrap CI over the test questions (stats.retention_ci; None ends where the data cannot bound it)."""
-    f16 = _references(df)
-    acc = {(m, ft, v): a for m, ft, v, a in zip(f16["model"], f16["ft"], f16["variant"], f16["accuracy"], strict=True)}
-    correct = {
+def _correct_answers(results: Sequence[Mapping[str, Any]]) -> dict[tuple, dict[str, bool]]:
+    """(model, ft, variant) -> {question id: answered correctly} for every ok result with answers."""
+    return {
         (r.get("model"), r.get("ft"), r.get("variant")): {str(a["id"]): bool(a["correct"]) for a in r["answers"]}
         for r in results
         if r.get("status") == "ok" and r.get("answers")
     }
+
+
+def _add_gain_p(df: pd.DataFrame, correct: Mapping[tuple, dict[str, bool]]) -> pd.DataFrame:
+    """Exact McNemar p of a fine-tune row's answers against the same variant of the base model (the pair
+    accuracy_gain_vs_base compares), on the questions both answered: is the fine-tune's gain real?"""
+    out = df.copy()
+    ps = []
+    for m, ft, v in zip(df["model"], df["ft"], df["variant"], strict=True):
+        row, base = correct.get((m, ft, v)), correct.get((m, BASE_FT, v))
+        if ft == BASE_FT or row is None or base is None or not (ids := set(row) & set(base)):
+            ps.append(math.nan)
+            continue
+        lost = sum(base[i] and not row[i] for i in ids)
+        gained = sum(row[i] and not base[i] for i in ids)
+        ps.append(stats.mcnemar_exact(lost, gained))
+    out["gain_vs_base_p"] = ps
+    return out
+
+
+def _add_retention(df: pd.DataFrame, correct: Mapping[tuple, dict[str, bool]]) -> pd.DataFrame:
+    """stats.retention per row against the f16 accuracies of the base and of the row's fine-tune, with its
+    bootstrap CI over the test questions (stats.retention_ci; None ends where the data cannot bound it)."""
+    f16 = _references(df)
+    acc = {(m, ft, v): a for m, ft, v, a in zip(f16["model"], f16["ft"], f16["variant"], f16["accuracy"], strict=True)}
     out = df.copy()
     rows = list(zip(df["model"], df["ft"], df["device"], df["accuracy"], strict=True))
     out["retention"] = [

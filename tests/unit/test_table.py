@@ -164,3 +164,19 @@ def test_retention_uses_the_f16_of_the_rows_device_else_the_cpus() -> None:
     cpu_only = results_table([r for r in results if "@gpu" not in r["variant"]]).set_index("variant")
     # No GGUF row on the GPU: an HF row on CUDA keeps its retention against the CPU's f16s.
     assert cpu_only.loc[cpu_only["ft"] == "lora", "retention"]["hf-nf4"] == pytest.approx(0.5)
+
+
+def test_fine_tune_gain_carries_its_exact_mcnemar_p() -> None:
+    """The gain over base is tested on the flips between the fine-tune and the base, same variant."""
+    base = [True] * 3 + [False] * 37  # right on questions 0-2
+    ft = [False] + [True] * 11 + [False] * 28  # loses question 0, gains 3-11: 1 lost, 9 gained
+    results = [
+        make_result("base", "gguf-f16", accuracy=3 / 40, answers=base, n_test=40),
+        make_result("lora", "gguf-f16", accuracy=11 / 40, answers=ft, n_test=40),
+        make_result("lora", "gguf-Q4_K_M", accuracy=0.1, answers=base[:1] + [False] * 39, n_test=40),
+    ]
+    df = results_table(results)
+    # exact two-sided binomial on 1 of 10 discordant pairs: 2 x (1 + 10) / 2**10
+    assert table_row(df, "lora", "gguf-f16")["gain_vs_base_p"] == pytest.approx(22 / 1024)
+    assert math.isnan(table_row(df, "base", "gguf-f16")["gain_vs_base_p"])  # the base itself: n/a
+    assert math.isnan(table_row(df, "lora", "gguf-Q4_K_M")["gain_vs_base_p"])  # no base Q4_K_M to pair with
