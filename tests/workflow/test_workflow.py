@@ -349,7 +349,7 @@ def test_default_config_dry_run_plans_the_whole_chain(tmp_path):
     n_quants = len(cfg["quants"]) + len(cfg["imatrix"]["types"])
     n_fts = 1 + len(cfg["finetunes"])
     assert {f["method"] for f in cfg["finetunes"]} >= {"lora"}
-    assert {"hf-bnb8", "hf-nf4"} <= set(cfg["hf_variants"])
+    assert {"hf-nf4", "hf-gptq4"} <= set(cfg["hf_variants"])
     assert stats["quantize"] == n_fts * n_quants and stats["imatrix"] == n_fts
     assert stats["bench"] == n_fts * (n_quants + 1 + len(cfg["hf_variants"]))
     assert stats["similarity"] == n_fts  # one embedding-model load per model / fine-tune, not per bench job
