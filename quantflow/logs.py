@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import sys
+
+# Below this much free space where a job writes, a crash is told with the disk's free space: a full disk
+# shows up as whatever the writing library says (llama-quantize: "basic_ios::clear: iostream error").
+LOW_DISK = 1 << 30
 
 
 def to_file(path: str | None) -> None:
@@ -29,11 +35,25 @@ def to_file(path: str | None) -> None:
     console = _output_to(path) if path else sys.stderr
 
     def log_uncaught(kind, value, tb):
-        logging.getLogger("quantflow").critical("%s: %s", kind.__name__, value, exc_info=(kind, value, tb))
+        disk = disk_hint(".", full=isinstance(value, OSError) and value.errno == errno.ENOSPC)
+        logging.getLogger("quantflow").critical("%s: %s%s", kind.__name__, value, disk, exc_info=(kind, value, tb))
         first = (str(value).splitlines() or [""])[0]
-        print(f"quantflow: {kind.__name__}: {first} (traceback in {path or 'the log above'})", file=console)
+        print(f"quantflow: {kind.__name__}: {first}{disk} (traceback in {path or 'the log above'})", file=console)
 
     sys.excepthook = log_uncaught
+
+
+def disk_hint(where: str | os.PathLike, full: bool = False, low: int = LOW_DISK) -> str:
+    """'; only N MiB free on the disk of <where>: ...' where that disk has less than ``low`` bytes free
+    (or ``full``, an error that said so), else ''. Jobs run in the workdir, so '.' is where they write."""
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return ""
+    if free >= low and not full:
+        return ""
+    return (f"; only {free / 2**20:.0f} MiB free on the disk of {os.path.abspath(where)}: "
+            "a full disk is the likely cause; free some space and rerun")
 
 
 def _output_to(path: str) -> object:

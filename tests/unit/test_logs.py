@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 
@@ -24,6 +25,34 @@ def test_uncaught_exception_lands_in_the_log_file(tmp_path):
     assert "Traceback (most recent call last)" in text
     assert "ValueError" in p.stderr  # still on stderr too
     assert len(p.stderr.splitlines()) == 1 and str(log) in p.stderr  # one line on the console, naming the log
+
+
+def test_a_crash_on_a_full_disk_says_how_much_is_free(tmp_path):
+    """A write that ran out of space (ENOSPC, as an OSError or as the tool's own words on a nearly full
+    disk) is told with the disk's free space on the console line and in the log."""
+    log = tmp_path / "job.log"
+    code = (
+        "import errno, os\n"
+        "from quantflow.logs import to_file\n"
+        f"to_file({str(log)!r})\n"
+        "raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), 'results/m/base/gguf/Q4_K_M.gguf')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert p.returncode == 1
+    assert len(p.stderr.splitlines()) == 1, p.stderr
+    assert "No space left on device" in p.stderr and f"MiB free on the disk of {tmp_path}" in p.stderr
+    assert "free some space and rerun" in log.read_text()
+
+
+def test_disk_hint_names_a_disk_below_the_threshold_only(tmp_path):
+    from quantflow.logs import disk_hint
+
+    free = shutil.disk_usage(tmp_path).free
+    assert disk_hint(tmp_path, low=0) == ""  # plenty
+    hint = disk_hint(tmp_path, low=free + 2**30)
+    mib = int(hint.split("only ")[1].split(" MiB")[0])
+    assert abs(mib - free / 2**20) < 1024 and str(tmp_path) in hint  # this disk's real free space
+    assert disk_hint(tmp_path / "gone", low=free + 2**30) == ""  # nowhere to look: no guess
 
 
 # Start-up noise of the libraries a job imports, as it reached the console before their output was routed.
