@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,21 @@ TINY_BENCH = dict(
     target_ci=0.03,
     max_answer_tokens=4,
 )
+
+# What the slow tests write at their peak (one real-model run: its GGUFs and merged weights, plus the
+# session's smaller runs), measured with a disk sampler over a whole `make test`.
+PEAK_DISK_GB = 5
+
+
+def pytest_report_header(config) -> str:
+    """The free disk where the tests write, first thing: a full disk fails a job deep in a workflow run."""
+    where = Path(config.option.basetemp or tempfile.gettempdir())
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free / 2**30
+    low = f" (the slow tests need about {PEAK_DISK_GB} GB)" if free < PEAK_DISK_GB else ""
+    return f"disk: {free:.1f} GB free under {where}{low}"
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,14 @@ def _rows(run: Path) -> list[dict]:
     return list(csv.DictReader(open(run / "reports" / "results.csv")))
 
 
+def _without_weights(d: Path) -> None:
+    """A module's run ends: its weights go (about 3 GB for the Qwen2-shaped run, whose 150 k-entry embedding
+    every GGUF and safetensors file carries), its logs and results stay for a failure's post-mortem. The
+    suite's peak disk use is then one real-model run, not both."""
+    for f in [*d.rglob("*.gguf"), *d.rglob("*.safetensors")]:
+        f.unlink()
+
+
 def _every_gguf_loads_in_llama_perplexity(run: Path, heldout: Path) -> None:
     from quantflow.llama_tools import llama_perplexity
 
@@ -74,7 +83,7 @@ def _every_gguf_loads_in_llama_perplexity(run: Path, heldout: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def qwen2_run(qwen2_tokenizer, tiny_data, tmp_path_factory) -> Path:
+def qwen2_run(qwen2_tokenizer, tiny_data, tmp_path_factory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("qwen2")
     hf = real_models.build("qwen2", qwen2_tokenizer, d / "Qwen2.5-0.5B-shaped")
     chat = d / "sft_train.jsonl"
@@ -93,7 +102,8 @@ def qwen2_run(qwen2_tokenizer, tiny_data, tmp_path_factory) -> Path:
     p = snakemake(d / "run", configfile=cfg, timeout=1500)
     assert p.returncode == 0, p.stderr[-4000:]
     assert "llama.cpp will write other types" in p.stderr  # the config check warned, and did not fail
-    return d / "run"
+    yield d / "run"
+    _without_weights(d)
 
 
 def test_qwen2_shaped_model_goes_through_with_fallbacks_recorded(qwen2_run, tiny_data):
@@ -133,7 +143,7 @@ def test_qwen2_shaped_model_goes_through_with_fallbacks_recorded(qwen2_run, tiny
 
 
 @pytest.fixture(scope="module")
-def llama3_run(llama3_tokenizer, tiny_data, tmp_path_factory) -> Path:
+def llama3_run(llama3_tokenizer, tiny_data, tmp_path_factory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("llama3")
     hf = real_models.build("llama3", llama3_tokenizer, d / "Llama-3-shaped")
     rows = [json.loads(line) for line in tiny_data["sft_train"].read_text().splitlines()]
@@ -149,7 +159,8 @@ def llama3_run(llama3_tokenizer, tiny_data, tmp_path_factory) -> Path:
     cfg = _config(d, "llama3", hf, data, ["Q8_0", "Q4_K_M"], ["hf-nf4"])  # GPTQ: unit tests and the tiny run
     p = snakemake(d / "run", configfile=cfg, timeout=1500)
     assert p.returncode == 0, p.stderr[-4000:]
-    return d / "run"
+    yield d / "run"
+    _without_weights(d)
 
 
 def test_llama3_shaped_model_with_numeric_csv_completions_goes_through(llama3_run, tiny_data):
