@@ -52,8 +52,9 @@ def disk_hint(where: str | os.PathLike, full: bool = False, low: int = LOW_DISK)
         return ""
     if free >= low and not full:
         return ""
-    return (f"; only {free / 2**20:.0f} MiB free on the disk of {os.path.abspath(where)}: "
-            "a full disk is the likely cause; free some space and rerun")
+    cause = "the disk is full" if full else "a full disk may be the cause"
+    where = os.path.abspath(where)
+    return f"; only {free / 2**20:.0f} MiB free on the disk of {where}: {cause}; free some space and rerun"
 
 
 def _output_to(path: str) -> object:

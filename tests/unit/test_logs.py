@@ -41,7 +41,7 @@ def test_a_crash_on_a_full_disk_says_how_much_is_free(tmp_path):
     assert p.returncode == 1
     assert len(p.stderr.splitlines()) == 1, p.stderr
     assert "No space left on device" in p.stderr and f"MiB free on the disk of {tmp_path}" in p.stderr
-    assert "free some space and rerun" in log.read_text()
+    assert "the disk is full; free some space and rerun" in log.read_text()
 
 
 def test_disk_hint_names_a_disk_below_the_threshold_only(tmp_path):
@@ -52,6 +52,7 @@ def test_disk_hint_names_a_disk_below_the_threshold_only(tmp_path):
     hint = disk_hint(tmp_path, low=free + 2**30)
     mib = int(hint.split("only ")[1].split(" MiB")[0])
     assert abs(mib - free / 2**20) < 1024 and str(tmp_path) in hint  # this disk's real free space
+    assert "a full disk may be the cause" in hint  # low, not known to be full
     assert disk_hint(tmp_path / "gone", low=free + 2**30) == ""  # nowhere to look: no guess
 
 
