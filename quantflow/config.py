@@ -225,7 +225,9 @@ def _model_dir_errors(key: str, d: Path, cfg: dict) -> list[str]:
 
 
 def model_warnings(cfg: dict, base_dir: Path) -> list[str]:
-    """Things a user should know before the run that are not errors: predicted fallback types."""
+    """Things a user should know before the run that are not errors: predicted fallback types, and a run
+    whose outputs will not fit the free disk (base_dir is the workdir)."""
+    from .disk import disk_warnings
     from .inputs import hf_dims
 
     out = []
@@ -241,7 +243,7 @@ def model_warnings(cfg: dict, base_dir: Path) -> list[str]:
             d = cfg["demo"]["model"]
             dims = {"hidden": d["hidden_size"], "ffn": d["intermediate_size"], "q_width": d["heads"] * d["head_dim"]}
             out.extend(fallback_warnings("demo.model", dims, cfg, "the demo model"))
-    return out
+    return out + disk_warnings(cfg, quant_variants(cfg), base_dir, base_dir)
 
 
 def _data_file_errors(key: str, field: str, path: Path) -> list[str]:

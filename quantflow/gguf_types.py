@@ -105,6 +105,19 @@ def output_type(ftype: str, ncols: int, override: str | None = None) -> str:
     return base if base == "Q8_0" else "Q6_K"
 
 
+def planned_type(name: str, ncols: int, ftype: str, tied: bool, opts: dict | None = None) -> str:
+    """The type llama.cpp plans for a weight role of rows ``ncols`` wide, before any shape fallback:
+    ``name`` 'output', 'token_embd' (the output's type when tied to it) or any block weight (the ftype's
+    default type; the per-layer mix's extra bits for some attn_v / ffn_down are not predicted)."""
+    opts = opts or {}
+    ftype = canonical_quant(ftype)
+    if name == "output" or (tied and name == "token_embd"):
+        return output_type(ftype, ncols, opts.get("output_tensor_type"))
+    if name == "token_embd" and opts.get("token_embedding_type"):
+        return opts["token_embedding_type"].upper()
+    return default_type(ftype)
+
+
 def predicted_fallbacks(widths: dict[str, int], ftype: str, tied: bool, opts: dict | None = None) -> list[str]:
     """Tensors that llama.cpp would have to give another type than the one it planned, as
     'name (width W: T -> F)', from the row widths of a model's tensor roles.
@@ -113,17 +126,9 @@ def predicted_fallbacks(widths: dict[str, int], ftype: str, tied: bool, opts: di
     features. A prediction only: the per-layer mix can raise a few tensors to other types of the same
     family, and what llama.cpp really did is read from its own report after quantizing.
     """
-    opts = opts or {}
-    ftype = canonical_quant(ftype)
-    base = default_type(ftype)
     out = []
     for name, ncols in widths.items():
-        if name == "output" or (tied and name == "token_embd"):
-            planned = output_type(ftype, ncols, opts.get("output_tensor_type"))
-        elif name == "token_embd" and opts.get("token_embedding_type"):
-            planned = opts["token_embedding_type"].upper()
-        else:
-            planned = base
+        planned = planned_type(name, ncols, ftype, tied, opts)
         got = shape_fallback(ncols, planned)
         if got is not None:
             out.append(f"{name} (width {ncols}: {planned} -> {got})")

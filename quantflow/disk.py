@@ -1,0 +1,123 @@
+"""The disk a run will write for a user's model, estimated before it starts, against the free space.
+
+A 7B model is 14 GB per f16 GGUF, and each fine-tune writes its merged weights and every GGUF again: a
+disk that fills half-way through fails a job deep in the run (llama-quantize then says only "iostream
+error"). The config check warns when the estimate exceeds the free space; it never refuses, since the
+tools would start, and space may be freed meanwhile.
+
+The estimate counts the large files only, from the weights' own headers. Each GGUF is summed tensor
+by tensor at the type llama.cpp plans for it (gguf_types.planned_type: the output and a tied embedding
+at the output's type, a row that does not fit its block at the fallback type; norms in F32), per model
+and fine-tune: the f16 GGUF and each quantized one. Each fine-tune adds its merged weights (in the base's
+own dtype: the size of its files), and hf-gptq4 a 4-bit checkpoint per model and fine-tune. The K-quant
+mixes give some attn_v / ffn_down tensors more bits than planned here, and the tokenizer's metadata (a
+few MB) is not counted: the figure is an "about". Measured against llama.cpp's own files (F16, Q8_0,
+Q6_K, Q4_K_M, Q4_0, Q3_K_M): 0.96-0.98 of the real size on a Qwen2.5-0.5B-shaped model (896 wide, tied),
+0.84-0.95 on a two-layer Llama-3-shaped one (50-142 MB files, of which its 128 k-token vocabulary and
+merges, not counted, take several MB).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+from .gguf_types import planned_type, shape_fallback
+from .inputs import safetensors_header
+
+# A GPTQ checkpoint: 4-bit weights, and per group of 128 a 16-bit scale and a packed zero point
+GPTQ_BITS = 4 + (16 + 4) / 128
+
+
+def weight_files(model_dir: str | Path) -> list[Path]:
+    d = Path(model_dir)
+    return sorted(d.glob("*.safetensors")) or sorted(d.glob("*.bin"))
+
+
+def tensors(model_dir: str | Path) -> list[tuple[str, list[int]]] | None:
+    """(name, shape) of every tensor in a model directory's safetensors files (their headers alone);
+    None without safetensors files."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    return [(name, t["shape"]) for f in files for name, t in safetensors_header(f).items()]
+
+
+def type_bits(ggml_type: str) -> float:
+    """Bits a weight of a ggml type (gguf's block sizes: Q4_K 4.5, Q8_0 8.5, F16 16)."""
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ggml_type]]
+    return 8 * size / block
+
+
+def _role(hf_name: str) -> str:
+    if "embed_tokens" in hf_name or hf_name.endswith("wte.weight"):
+        return "token_embd"
+    return "output" if "lm_head" in hf_name else "blk"
+
+
+def gguf_bytes(tensors: list[tuple[str, list[int]]], ftype: str, tied: bool, opts: dict | None = None) -> int:
+    """About the size of the GGUF of llama.cpp type ``ftype`` ('F16' for the converted file)."""
+    bits = 0.0
+    for name, shape in tensors:
+        n = math.prod(shape)
+        if len(shape) < 2:
+            bits += 32 * n  # norms and biases stay F32
+            continue
+        ncols = shape[-1]  # a Linear's input features: ne[0] in the GGUF
+        if ftype == "F16":
+            bits += 16 * n
+            continue
+        planned = planned_type(_role(name), ncols, ftype, tied, opts)
+        try:
+            bits += type_bits(shape_fallback(ncols, planned) or planned) * n
+        except KeyError:  # a type gguf does not name: counted as 16 bits
+            bits += 16 * n
+    return int(bits / 8)
+
+
+def run_bytes(tensors, tied: bool, weights: int, finetunes: int, quants: dict[str, dict], gptq: bool) -> int:
+    """Bytes the run writes for one model: per model and fine-tune the f16 GGUF, each quantized GGUF
+    (``quants``: variant -> options, as config.quant_variants gives them) and the GPTQ checkpoint; per
+    fine-tune its merged weights (``weights``: the size of the base's files)."""
+    per_ft = gguf_bytes(tensors, "F16", tied)
+    per_ft += sum(gguf_bytes(tensors, q["type"], tied, q) for q in quants.values())
+    if gptq:
+        per_ft += int(sum(math.prod(s) for _, s in tensors if len(s) >= 2) * GPTQ_BITS / 8)
+    return (1 + finetunes) * per_ft + finetunes * weights
+
+
+def disk_warnings(cfg: dict, quants: dict[str, dict], base_dir: Path, workdir: Path) -> list[str]:
+    """One line where the local models' estimated outputs exceed the free space of the workdir's disk.
+
+    What is already under results/ counts as written (a rerun does not write it again).
+    """
+    from .inputs import hf_dims
+
+    need, what = 0, []
+    for m in cfg["models"]:
+        if m["source"] != "local":  # the demo model is small; a hub model's files are not read here
+            continue
+        try:
+            d = base_dir / m["path"]
+            found, weights = tensors(d), sum(f.stat().st_size for f in weight_files(d))
+            tied = bool((hf_dims(d) or {}).get("tied"))
+        except (OSError, ValueError):  # unreadable weights are the checks' business, not the estimate's
+            continue
+        if found is None:
+            continue
+        need += run_bytes(found, tied, weights, len(cfg["finetunes"]), quants, "hf-gptq4" in cfg["hf_variants"])
+        what.append(f"{m['name']} ({sum(math.prod(s) for _, s in found) / 1e9:.2f} B parameters)")
+    results = workdir / "results"
+    have = sum(f.stat().st_size for f in results.rglob("*") if f.is_file()) if results.is_dir() else 0
+    free = shutil.disk_usage(workdir).free
+    if need - have <= free:
+        return []
+    return [
+        f"config key models: {', '.join(what)} with {1 + len(cfg['finetunes'])} fine-tune(s) (base included) "
+        f"and {len(quants)} GGUF type(s) will write about {need / 1e9:.1f} GB under results/ "
+        f"({have / 1e9:.1f} GB there already), and the disk of {workdir} has {free / 1e9:.1f} GB free: "
+        "free some space, or drop quants, finetunes or hf_variants"
+    ]

@@ -1,0 +1,104 @@
+"""The disk a run will write, from the weights' own headers, against the workdir's free space."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+from test_config import DEFAULT, _data, _local_model, validate
+
+from quantflow.disk import disk_warnings, gguf_bytes, run_bytes, tensors, type_bits
+
+
+def _huge_model(d: Path, params: int, like: Path) -> Path:
+    """A model directory whose safetensors file declares ``params`` bf16 parameters and is that long, but
+    sparse (only its header is read), with a real model's config and tokenizer."""
+    shutil.copytree(like, d, ignore=shutil.ignore_patterns("*.safetensors"))
+    shape = [params // 1024, 1024]  # one matrix, as llama.cpp quantizes it
+    params = math.prod(shape)
+    header = json.dumps({"w": {"dtype": "BF16", "shape": shape, "data_offsets": [0, 2 * params]}}).encode()
+    with open(d / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + 2 * params)  # sparse: as long as a real file, holding no disk
+    return d
+
+
+def test_tensors_are_read_from_the_headers(tiny_hf):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_hf)
+    found = dict(tensors(tiny_hf))
+    assert sum(math.prod(s) for s in found.values()) == model.num_parameters()
+    assert found["model.embed_tokens.weight"] == list(model.model.embed_tokens.weight.shape)
+    assert tensors(tiny_hf.parent) is None  # no safetensors there
+
+
+def test_bits_per_weight_are_gguf_block_sizes():
+    assert type_bits("Q8_0") == 8.5 and type_bits("Q4_K") == 4.5 and type_bits("Q6_K") == 6.5625
+    assert type_bits("F16") == 16 and type_bits("F32") == 32
+
+
+@pytest.mark.parametrize("hidden,tied", [(256, False), (320, True)])  # 320: K-quant rows fall back
+def test_gguf_sizes_are_estimated_from_the_headers_within_a_fifth(tiny_tokenizer, tmp_path, hidden, tied):
+    """Real llama.cpp files: the converter's f16 and the quantizer's types against the estimate."""
+    from conftest import LLAMA_CPP_DIR, build_tiny_hf
+
+    from quantflow.convert import convert
+    from quantflow.quantize import quantize
+
+    hf = build_tiny_hf(tiny_tokenizer, tmp_path / "hf", hidden=hidden, ffn=2 * hidden, tied=tied)
+    found = tensors(hf)
+    convert(hf, tmp_path / "f16.gguf", LLAMA_CPP_DIR)
+    sizes = {"F16": (tmp_path / "f16.gguf").stat().st_size}
+    for t in ("Q8_0", "Q6_K", "Q4_K_M", "Q4_0"):
+        quantize(tmp_path / "f16.gguf", tmp_path / f"{t}.gguf", {"type": t}, 2, LLAMA_CPP_DIR)
+        sizes[t] = (tmp_path / f"{t}.gguf").stat().st_size
+    ratios = {t: gguf_bytes(found, t, tied) / size for t, size in sizes.items()}
+    assert all(0.8 < r < 1.2 for r in ratios.values()), ratios
+
+
+def test_a_run_adds_its_gguf_files_merges_and_gptq_checkpoints(tiny_hf):
+    found = tensors(tiny_hf)
+    q = {"Q8_0": {"type": "Q8_0"}, "Q4_K_M-imat": {"type": "Q4_K_M", "imatrix": True}}
+    files = gguf_bytes(found, "F16", False) + gguf_bytes(found, "Q8_0", False) + gguf_bytes(found, "Q4_K_M", False)
+    assert run_bytes(found, False, 1000, 0, q, False) == files
+    assert run_bytes(found, False, 1000, 2, q, False) == 3 * files + 2 * 1000  # base + 2 fine-tunes, 2 merges
+    weights = sum(math.prod(s) for _, s in found if len(s) == 2)
+    assert run_bytes(found, False, 0, 0, q, True) - files == int(weights * (4 + 20 / 128) / 8)
+
+
+def test_a_run_larger_than_the_free_disk_warns_in_one_line(tiny_hf, tiny_data, tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    big = _huge_model(tmp_path / "huge", free // 2 + 2048, tiny_hf)  # its f16 GGUFs alone need more than is free
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["models"] = [_local_model(big, _data(tiny_data), name="huge")]
+    cfg = validate(cfg)
+    from quantflow.config import model_warnings, quant_variants
+
+    (w,) = [w for w in model_warnings(cfg, tmp_path) if "under results/" in w]
+    assert w.startswith("config key models: huge (") and "B parameters)" in w and "\n" not in w
+    assert f"the disk of {tmp_path} has" in w and "free some space, or drop quants, finetunes or hf_variants" in w
+    need = float(w.split("will write about ")[1].split(" GB")[0]) * 1e9
+    weights = (big / "model.safetensors").stat().st_size
+    expect = run_bytes(tensors(big), False, weights, len(cfg["finetunes"]), quant_variants(cfg),
+                       "hf-gptq4" in cfg["hf_variants"])
+    assert need == pytest.approx(expect, abs=0.05e9) and need > free
+    # what results/ already holds is not written again: a (sparse) file as large as the estimate
+    (tmp_path / "results").mkdir()
+    with open(tmp_path / "results" / "f16.gguf", "wb") as f:
+        f.truncate(int(need) + 10**9)
+    assert not [w for w in disk_warnings(cfg, quant_variants(cfg), tmp_path, tmp_path)]
+
+
+def test_a_model_that_fits_gives_no_warning(tiny_hf, tiny_data, tmp_path):
+    from quantflow.config import quant_variants
+
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["models"] = [_local_model(tiny_hf, _data(tiny_data))]
+    cfg = validate(cfg)
+    assert disk_warnings(cfg, quant_variants(cfg), tmp_path, tmp_path) == []
