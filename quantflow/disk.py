@@ -1,6 +1,6 @@
 """The disk a run will write for a user's model, estimated before it starts, against the free space.
 
-A 7B model is 14 GB per f16 GGUF, and each fine-tune writes its merged weights and every GGUF again: a
+A 7B model is 13.5 GB per f16 GGUF, and each fine-tune writes its merged weights and every GGUF again: a
 disk that fills half-way through fails a job deep in the run (llama-quantize then says only "iostream
 error"). The config check warns when the estimate exceeds the free space; it never refuses, since the
 tools would start, and space may be freed meanwhile.
@@ -11,10 +11,11 @@ at the output's type, a row that does not fit its block at the fallback type; no
 and fine-tune: the f16 GGUF and each quantized one. Each fine-tune adds its merged weights (in the base's
 own dtype: the size of its files), and hf-gptq4 a 4-bit checkpoint per model and fine-tune. The K-quant
 mixes give some attn_v / ffn_down tensors more bits than planned here, and the tokenizer's metadata (a
-few MB) is not counted: the figure is an "about". Measured against llama.cpp's own files (F16, Q8_0,
-Q6_K, Q4_K_M, Q4_0, Q3_K_M): 0.96-0.98 of the real size on a Qwen2.5-0.5B-shaped model (896 wide, tied),
-0.84-0.95 on a two-layer Llama-3-shaped one (50-142 MB files, of which its 128 k-token vocabulary and
-merges, not counted, take several MB).
+few MB) is not counted: the figure is an "about". Measured: on a Llama-2-7B-shaped model, Q8_0, Q6_K and
+Q4_0 come within 0.1 % of the published GGUFs (7.16, 5.53 and 3.83 GB), Q5_K_M, Q4_K_M and Q3_K_M at
+0.97, 0.94 and 0.89 of them (4.78, 4.08, 3.30 GB: the mixes' extra bits); against llama.cpp's files of
+two-layer models, 0.96-0.98 (Qwen2.5-0.5B-shaped, 896 wide, tied) and 0.84-0.95 (Llama-3-shaped, whose
+128 k-token vocabulary weighs in so small a file).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import shutil
 from pathlib import Path
 
 from .gguf_types import planned_type, shape_fallback
-from .inputs import safetensors_header
+from .inputs import hf_tensors
 
 # A GPTQ checkpoint: 4-bit weights, and per group of 128 a 16-bit scale and a packed zero point
 GPTQ_BITS = 4 + (16 + 4) / 128
@@ -33,15 +34,6 @@ GPTQ_BITS = 4 + (16 + 4) / 128
 def weight_files(model_dir: str | Path) -> list[Path]:
     d = Path(model_dir)
     return sorted(d.glob("*.safetensors")) or sorted(d.glob("*.bin"))
-
-
-def tensors(model_dir: str | Path) -> list[tuple[str, list[int]]] | None:
-    """(name, shape) of every tensor in a model directory's safetensors files (their headers alone);
-    None without safetensors files."""
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        return None
-    return [(name, t["shape"]) for f in files for name, t in safetensors_header(f).items()]
 
 
 def type_bits(ggml_type: str) -> float:
@@ -102,11 +94,11 @@ def disk_warnings(cfg: dict, quants: dict[str, dict], base_dir: Path, workdir: P
             continue
         try:
             d = base_dir / m["path"]
-            found, weights = tensors(d), sum(f.stat().st_size for f in weight_files(d))
+            found, weights = hf_tensors(d), sum(f.stat().st_size for f in weight_files(d))
             tied = bool((hf_dims(d) or {}).get("tied"))
         except (OSError, ValueError):  # unreadable weights are the checks' business, not the estimate's
             continue
-        if found is None:
+        if not found:
             continue
         need += run_bytes(found, tied, weights, len(cfg["finetunes"]), quants, "hf-gptq4" in cfg["hf_variants"])
         what.append(f"{m['name']} ({sum(math.prod(s) for _, s in found) / 1e9:.2f} B parameters)")

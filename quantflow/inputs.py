@@ -107,6 +107,13 @@ def safetensors_header(path: str | Path) -> dict:
     return header
 
 
+def hf_tensors(hf_dir: str | Path) -> list[tuple[str, list[int]]]:
+    """(name, shape) of every tensor in a model directory's safetensors files, from their headers alone;
+    [] where there are none (*.bin weights say nothing without unpickling)."""
+    files = sorted(Path(hf_dir).glob("*.safetensors"))
+    return [(k, v["shape"]) for f in files for k, v in safetensors_header(f).items()]
+
+
 def hf_dtype(path: str | Path) -> str:
     """The dtype a model's weights are stored in: float32, bfloat16 or float16.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 from pathlib import Path
 
@@ -31,26 +32,15 @@ class InsufficientMemory(RuntimeError):
     """The model would not fit in the memory available now."""
 
 
-def _numels(path: str | Path) -> list[int]:
-    """Number of elements of each tensor in a safetensors file, from its header alone."""
-    from .inputs import safetensors_header
-
-    out = []
-    for v in safetensors_header(path).values():
-        count = 1
-        for d in v["shape"]:
-            count *= int(d)
-        out.append(count)
-    return out
-
-
 def hf_numel(hf_dir: str | Path) -> tuple[int, int]:
     """(all parameters, the largest tensor's) of an HF directory, from the headers (*.bin: bytes / 4)."""
-    shards = sorted(Path(hf_dir).glob("*.safetensors"))
-    if not shards:  # *.bin: dtype unknown without unpickling; assume it is stored in fp32
+    from .inputs import hf_tensors
+
+    found = hf_tensors(hf_dir)
+    if not found:  # *.bin: dtype unknown without unpickling; assume it is stored in fp32
         sizes = [b.stat().st_size // 4 for b in Path(hf_dir).glob("*.bin")]
         return sum(sizes), max(sizes, default=0)
-    n = [c for s in shards for c in _numels(s)]
+    n = [math.prod(shape) for _, shape in found]
     return sum(n), max(n, default=0)
 
 

@@ -3,39 +3,30 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 import shutil
-import struct
-from pathlib import Path
 
 import pytest
 from test_config import DEFAULT, _data, _local_model, validate
+from test_stage_memory import sparse_model
 
-from quantflow.disk import disk_warnings, gguf_bytes, run_bytes, tensors, type_bits
+from quantflow.config import model_warnings, quant_variants
+from quantflow.disk import disk_warnings, gguf_bytes, run_bytes, type_bits
+from quantflow.inputs import hf_tensors
 
-
-def _huge_model(d: Path, params: int, like: Path) -> Path:
-    """A model directory whose safetensors file declares ``params`` bf16 parameters and is that long, but
-    sparse (only its header is read), with a real model's config and tokenizer."""
-    shutil.copytree(like, d, ignore=shutil.ignore_patterns("*.safetensors"))
-    shape = [params // 1024, 1024]  # one matrix, as llama.cpp quantizes it
-    params = math.prod(shape)
-    header = json.dumps({"w": {"dtype": "BF16", "shape": shape, "data_offsets": [0, 2 * params]}}).encode()
-    with open(d / "model.safetensors", "wb") as f:
-        f.write(struct.pack("<Q", len(header)) + header)
-        f.truncate(8 + len(header) + 2 * params)  # sparse: as long as a real file, holding no disk
-    return d
+GB = 1e9
+# Published GGUF sizes of Llama-2-7B (TheBloke/Llama-2-7B-GGUF), made by llama.cpp's quantizer.
+LLAMA2_7B_GGUF_GB = {"Q8_0": 7.16, "Q6_K": 5.53, "Q4_K_M": 4.08, "Q4_0": 3.83}
 
 
 def test_tensors_are_read_from_the_headers(tiny_hf):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_hf)
-    found = dict(tensors(tiny_hf))
+    found = dict(hf_tensors(tiny_hf))
     assert sum(math.prod(s) for s in found.values()) == model.num_parameters()
     assert found["model.embed_tokens.weight"] == list(model.model.embed_tokens.weight.shape)
-    assert tensors(tiny_hf.parent) is None  # no safetensors there
+    assert hf_tensors(tiny_hf.parent) == []  # no safetensors there
 
 
 def test_bits_per_weight_are_gguf_block_sizes():
@@ -52,7 +43,7 @@ def test_gguf_sizes_are_estimated_from_the_headers_within_a_fifth(tiny_tokenizer
     from quantflow.quantize import quantize
 
     hf = build_tiny_hf(tiny_tokenizer, tmp_path / "hf", hidden=hidden, ffn=2 * hidden, tied=tied)
-    found = tensors(hf)
+    found = hf_tensors(hf)
     convert(hf, tmp_path / "f16.gguf", LLAMA_CPP_DIR)
     sizes = {"F16": (tmp_path / "f16.gguf").stat().st_size}
     for t in ("Q8_0", "Q6_K", "Q4_K_M", "Q4_0"):
@@ -62,8 +53,15 @@ def test_gguf_sizes_are_estimated_from_the_headers_within_a_fifth(tiny_tokenizer
     assert all(0.8 < r < 1.2 for r in ratios.values()), ratios
 
 
+def test_a_7b_model_gets_the_sizes_its_published_ggufs_have(tiny_tokenizer, tmp_path):
+    found = hf_tensors(sparse_model(tmp_path / "7b", tiny_tokenizer))
+    assert gguf_bytes(found, "F16", False) / GB == pytest.approx(13.48, abs=0.05)  # 2 bytes x 6.74 B
+    for t, published in LLAMA2_7B_GGUF_GB.items():
+        assert gguf_bytes(found, t, False) / GB == pytest.approx(published, rel=0.08), t  # K-mixes: a bit under
+
+
 def test_a_run_adds_its_gguf_files_merges_and_gptq_checkpoints(tiny_hf):
-    found = tensors(tiny_hf)
+    found = hf_tensors(tiny_hf)
     q = {"Q8_0": {"type": "Q8_0"}, "Q4_K_M-imat": {"type": "Q4_K_M", "imatrix": True}}
     files = gguf_bytes(found, "F16", False) + gguf_bytes(found, "Q8_0", False) + gguf_bytes(found, "Q4_K_M", False)
     assert run_bytes(found, False, 1000, 0, q, False) == files
@@ -72,32 +70,36 @@ def test_a_run_adds_its_gguf_files_merges_and_gptq_checkpoints(tiny_hf):
     assert run_bytes(found, False, 0, 0, q, True) - files == int(weights * (4 + 20 / 128) / 8)
 
 
-def test_a_run_larger_than_the_free_disk_warns_in_one_line(tiny_hf, tiny_data, tmp_path):
+def _larger_than_the_disk(tmp_path, tiny_tokenizer, tiny_data) -> dict:
+    """The default config on a Llama-2-7B-shaped model (sparse) with enough layers that its two f16
+    GGUFs alone need more than the disk has free."""
     free = shutil.disk_usage(tmp_path).free
-    big = _huge_model(tmp_path / "huge", free // 2 + 2048, tiny_hf)  # its f16 GGUFs alone need more than is free
+    layers = math.ceil(free / (2 * 2 * 202e6)) + 1  # a Llama-2-7B layer: 202 M parameters
+    big = sparse_model(tmp_path / "big", tiny_tokenizer, layers=layers)
     cfg = copy.deepcopy(DEFAULT)
-    cfg["models"] = [_local_model(big, _data(tiny_data), name="huge")]
-    cfg = validate(cfg)
-    from quantflow.config import model_warnings, quant_variants
+    cfg["models"] = [_local_model(big, _data(tiny_data), name="big")]
+    return validate(cfg)
 
+
+def test_a_run_larger_than_the_free_disk_warns_in_one_line(tiny_tokenizer, tiny_data, tmp_path):
+    cfg = _larger_than_the_disk(tmp_path, tiny_tokenizer, tiny_data)
+    free = shutil.disk_usage(tmp_path).free
     (w,) = [w for w in model_warnings(cfg, tmp_path) if "under results/" in w]
-    assert w.startswith("config key models: huge (") and "B parameters)" in w and "\n" not in w
+    assert w.startswith("config key models: big (") and "B parameters) with 2 fine-tune(s)" in w and "\n" not in w
     assert f"the disk of {tmp_path} has" in w and "free some space, or drop quants, finetunes or hf_variants" in w
-    need = float(w.split("will write about ")[1].split(" GB")[0]) * 1e9
-    weights = (big / "model.safetensors").stat().st_size
-    expect = run_bytes(tensors(big), False, weights, len(cfg["finetunes"]), quant_variants(cfg),
-                       "hf-gptq4" in cfg["hf_variants"])
-    assert need == pytest.approx(expect, abs=0.05e9) and need > free
+    need = float(w.split("will write about ")[1].split(" GB")[0]) * GB
+    big = tmp_path / "big"
+    expect = run_bytes(hf_tensors(big), False, (big / "model.safetensors").stat().st_size, len(cfg["finetunes"]),
+                       quant_variants(cfg), "hf-gptq4" in cfg["hf_variants"])
+    assert need == pytest.approx(expect, abs=0.05 * GB) and need > free
     # what results/ already holds is not written again: a (sparse) file as large as the estimate
     (tmp_path / "results").mkdir()
     with open(tmp_path / "results" / "f16.gguf", "wb") as f:
-        f.truncate(int(need) + 10**9)
-    assert not [w for w in disk_warnings(cfg, quant_variants(cfg), tmp_path, tmp_path)]
+        f.truncate(int(need))
+    assert disk_warnings(cfg, quant_variants(cfg), tmp_path, tmp_path) == []
 
 
 def test_a_model_that_fits_gives_no_warning(tiny_hf, tiny_data, tmp_path):
-    from quantflow.config import quant_variants
-
     cfg = copy.deepcopy(DEFAULT)
     cfg["models"] = [_local_model(tiny_hf, _data(tiny_data))]
     cfg = validate(cfg)
