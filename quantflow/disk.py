@@ -101,15 +101,15 @@ def disk_warnings(cfg: dict, quants: dict[str, dict], base_dir: Path, workdir: P
         if not found:
             continue
         need += run_bytes(found, tied, weights, len(cfg["finetunes"]), quants, "hf-gptq4" in cfg["hf_variants"])
-        what.append(f"{m['name']} ({sum(math.prod(s) for _, s in found) / 1e9:.2f} B parameters)")
+        what.append(f"{m['name']} ({sum(math.prod(s) for _, s in found) / 1e9:.2f} B parameters")
     results = workdir / "results"
     have = sum(f.stat().st_size for f in results.rglob("*") if f.is_file()) if results.is_dir() else 0
     free = shutil.disk_usage(workdir).free
     if need - have <= free:
         return []
     return [
-        f"config key models: {', '.join(what)} with {1 + len(cfg['finetunes'])} fine-tune(s) (base included) "
-        f"and {len(quants)} GGUF type(s) will write about {need / 1e9:.1f} GB under results/ "
+        f"config key models: {', '.join(what)}; base + {len(cfg['finetunes'])} fine-tune(s), {len(quants)} GGUF "
+        f"type(s)) will write about {need / 1e9:.1f} GB under results/ "
         f"({have / 1e9:.1f} GB there already), and the disk of {workdir} has {free / 1e9:.1f} GB free: "
         "free some space, or drop quants, finetunes or hf_variants"
     ]

@@ -11,6 +11,8 @@ sdist, extracted by `make venv` into .venv/llama.cpp/models).
 from __future__ import annotations
 
 import json
+import shutil
+import struct
 from pathlib import Path
 
 VOCAB_DIR = Path(__file__).resolve().parent.parent / ".venv" / "llama.cpp" / "models"
@@ -87,4 +89,50 @@ def build(kind: str, tokenizer_dir: Path, out: Path, layers: int = 2, seed: int 
     model.save_pretrained(out)
     for f in tokenizer_dir.iterdir():
         shutil.copy2(f, out / f.name)
+    return out
+
+
+# Llama-2-7B's shapes (config.json of meta-llama/Llama-2-7b-hf)
+LLAMA7B = dict(vocab=32000, hidden=4096, ffn=11008, layers=32)
+
+
+def sparse_model(out: Path, tokenizer_dir: Path, dtype: str = "BF16", **shape) -> Path:
+    """A 7B-shaped HF directory whose weights are a sparse file: real headers, sizes and offsets, no data.
+
+    Every check that reads headers sees a 7B model; nothing in a passing test loads it.
+    """
+    s = {**LLAMA7B, **shape}
+    h, f, v = s["hidden"], s["ffn"], s["vocab"]
+    shapes = {"model.embed_tokens.weight": [v, h], "lm_head.weight": [v, h], "model.norm.weight": [h]}
+    for i in range(s["layers"]):
+        p = f"model.layers.{i}."
+        for k in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shapes[p + f"self_attn.{k}.weight"] = [h, h]
+        shapes |= {
+            p + "mlp.gate_proj.weight": [f, h],
+            p + "mlp.up_proj.weight": [f, h],
+            p + "mlp.down_proj.weight": [h, f],
+        }
+        shapes |= {p + "input_layernorm.weight": [h], p + "post_attention_layernorm.weight": [h]}
+    size = {"BF16": 2, "F16": 2, "F32": 4}[dtype]
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        n = size
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header).encode()
+    out.mkdir(parents=True)
+    with open(out / "model.safetensors", "wb") as fh:
+        fh.write(struct.pack("<Q", len(blob)) + blob)
+        fh.truncate(8 + len(blob) + offset)  # a hole: no disk space, no memory
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": v, "hidden_size": h,
+           "intermediate_size": f, "num_hidden_layers": s["layers"], "num_attention_heads": 32,
+           "num_key_value_heads": 32, "tie_word_embeddings": False,
+           "dtype": {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[dtype]}
+    (out / "config.json").write_text(json.dumps(cfg))
+    for t in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
+        if (tokenizer_dir / t).exists():
+            shutil.copy(tokenizer_dir / t, out / t)
     return out

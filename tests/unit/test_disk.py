@@ -7,8 +7,8 @@ import math
 import shutil
 
 import pytest
+from real_models import sparse_model
 from test_config import DEFAULT, _data, _local_model, validate
-from test_stage_memory import sparse_model
 
 from quantflow.config import model_warnings, quant_variants
 from quantflow.disk import disk_warnings, gguf_bytes, run_bytes, type_bits
@@ -85,7 +85,9 @@ def test_a_run_larger_than_the_free_disk_warns_in_one_line(tiny_tokenizer, tiny_
     cfg = _larger_than_the_disk(tmp_path, tiny_tokenizer, tiny_data)
     free = shutil.disk_usage(tmp_path).free
     (w,) = [w for w in model_warnings(cfg, tmp_path) if "under results/" in w]
-    assert w.startswith("config key models: big (") and "B parameters) with 2 fine-tune(s)" in w and "\n" not in w
+    n = len(quant_variants(cfg))
+    assert w.startswith("config key models: big (") and "\n" not in w
+    assert f"B parameters; base + 1 fine-tune(s), {n} GGUF type(s)) will write about" in w
     assert f"the disk of {tmp_path} has" in w and "free some space, or drop quants, finetunes or hf_variants" in w
     need = float(w.split("will write about ")[1].split(" GB")[0]) * GB
     big = tmp_path / "big"
