@@ -81,8 +81,24 @@ def run_bytes(tensors, tied: bool, weights: int, finetunes: int, quants: dict[st
     return (1 + finetunes) * per_ft + finetunes * weights
 
 
+def _model_dir(m: dict, base_dir: Path) -> Path | None:
+    """A configured model's directory: a local path, or a hub model's snapshot in the local Hugging Face
+    cache (its files are links to the cache's blobs); None for the demo model (small, and built by the run)
+    and for a hub model not cached (the config check says so)."""
+    if m["source"] == "local":
+        return base_dir / m["path"]
+    if m["source"] == "hub":
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(m["hf"], local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached: config._hub_errors reports it
+            return None
+    return None
+
+
 def disk_warnings(cfg: dict, quants: dict[str, dict], base_dir: Path, workdir: Path) -> list[str]:
-    """One line where the local models' estimated outputs exceed the free space of the workdir's disk.
+    """One line where the local and cached hub models' estimated outputs exceed the free space of the workdir's disk.
 
     What is already under results/ counts as written (a rerun does not write it again).
     """
@@ -90,10 +106,9 @@ def disk_warnings(cfg: dict, quants: dict[str, dict], base_dir: Path, workdir: P
 
     need, what = 0, []
     for m in cfg["models"]:
-        if m["source"] != "local":  # the demo model is small; a hub model's files are not read here
+        if (d := _model_dir(m, base_dir)) is None:
             continue
         try:
-            d = base_dir / m["path"]
             found, weights = hf_tensors(d), sum(f.stat().st_size for f in weight_files(d))
             tied = bool((hf_dims(d) or {}).get("tied"))
         except (OSError, ValueError):  # unreadable weights are the checks' business, not the estimate's

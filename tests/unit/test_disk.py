@@ -106,3 +106,36 @@ def test_a_model_that_fits_gives_no_warning(tiny_hf, tiny_data, tmp_path):
     cfg["models"] = [_local_model(tiny_hf, _data(tiny_data))]
     cfg = validate(cfg)
     assert disk_warnings(cfg, quant_variants(cfg), tmp_path, tmp_path) == []
+
+
+def test_a_hub_model_in_the_local_cache_is_estimated_from_its_snapshot(tiny_tokenizer, tiny_data, tmp_path):
+    """source: hub, the model in the local Hugging Face cache (its layout: refs/main names the snapshot)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from test_config import REPO, SCHEMA
+
+    repo = tmp_path / "cache" / "models--acme--big"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    free = shutil.disk_usage(tmp_path).free
+    sparse_model(snapshot, tiny_tokenizer, layers=math.ceil(free / (2 * 2 * 202e6)) + 1)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    cfg = copy.deepcopy(DEFAULT)
+    data = {k: str(v) for k, v in _data(tiny_data).items()}
+    cfg["models"] = [{"name": "big", "source": "hub", "hf": "acme/big", "data": data}]
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    code = (
+        "import yaml\n"
+        "from pathlib import Path\n"
+        "from quantflow.config import load_and_validate, model_warnings\n"
+        f"cfg = yaml.safe_load(open({str(tmp_path / 'cfg.yaml')!r}))\n"
+        f"cfg = load_and_validate(cfg, {str(SCHEMA)!r}, {str(REPO)!r})\n"
+        f"print('\\n'.join(model_warnings(cfg, Path({str(tmp_path)!r}))))\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "config key models: big (" in p.stdout and "under results/" in p.stdout, p.stdout
