@@ -59,6 +59,14 @@ def save_tokenizer(kind: str, out: Path) -> Path:
     return out
 
 
+def drop_weights(d: Path) -> None:
+    """A test is done with a real-shaped model: its weights go (about 3 GB for a Qwen2-shaped workflow
+    run, whose 150 k-entry embedding every GGUF and safetensors file carries), its logs and results stay
+    for a failure's post-mortem. The suite's peak disk use is then one such model at a time."""
+    for f in [*d.rglob("*.gguf"), *d.rglob("*.safetensors")]:
+        f.unlink()
+
+
 def build(kind: str, tokenizer_dir: Path, out: Path, layers: int = 2, seed: int = 0) -> Path:
     """A random-weight model of ``kind``'s real shape, saved with its tokenizer like a downloaded one."""
     import shutil

@@ -27,7 +27,8 @@ def qwen2(qwen2_tokenizer, tmp_path_factory):
     d = tmp_path_factory.mktemp("qwen2")
     hf = real_models.build("qwen2", qwen2_tokenizer, d / "hf", layers=1)
     convert(hf, d / "f16.gguf", LLAMA_CPP_DIR)
-    return hf, d / "f16.gguf"
+    yield hf, d / "f16.gguf"
+    real_models.drop_weights(d)
 
 
 def _render(hf, tiny_data, tmp_path, setting=None):

@@ -64,14 +64,6 @@ def _rows(run: Path) -> list[dict]:
     return list(csv.DictReader(open(run / "reports" / "results.csv")))
 
 
-def _without_weights(d: Path) -> None:
-    """A module's run ends: its weights go (about 3 GB for the Qwen2-shaped run, whose 150 k-entry embedding
-    every GGUF and safetensors file carries), its logs and results stay for a failure's post-mortem. The
-    suite's peak disk use is then one real-model run, not both."""
-    for f in [*d.rglob("*.gguf"), *d.rglob("*.safetensors")]:
-        f.unlink()
-
-
 def _every_gguf_loads_in_llama_perplexity(run: Path, heldout: Path) -> None:
     from quantflow.llama_tools import llama_perplexity
 
@@ -82,7 +74,7 @@ def _every_gguf_loads_in_llama_perplexity(run: Path, heldout: Path) -> None:
         assert math.isfinite(r["ppl"]), g
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one test each: its weights go right after it
 def qwen2_run(qwen2_tokenizer, tiny_data, tmp_path_factory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("qwen2")
     hf = real_models.build("qwen2", qwen2_tokenizer, d / "Qwen2.5-0.5B-shaped")
@@ -103,7 +95,7 @@ def qwen2_run(qwen2_tokenizer, tiny_data, tmp_path_factory) -> Iterator[Path]:
     assert p.returncode == 0, p.stderr[-4000:]
     assert "llama.cpp will write other types" in p.stderr  # the config check warned, and did not fail
     yield d / "run"
-    _without_weights(d)
+    real_models.drop_weights(d)
 
 
 def test_qwen2_shaped_model_goes_through_with_fallbacks_recorded(qwen2_run, tiny_data):
@@ -142,7 +134,7 @@ def test_qwen2_shaped_model_goes_through_with_fallbacks_recorded(qwen2_run, tiny
     _every_gguf_loads_in_llama_perplexity(qwen2_run, tiny_data["heldout"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def llama3_run(llama3_tokenizer, tiny_data, tmp_path_factory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("llama3")
     hf = real_models.build("llama3", llama3_tokenizer, d / "Llama-3-shaped")
@@ -160,7 +152,7 @@ def llama3_run(llama3_tokenizer, tiny_data, tmp_path_factory) -> Iterator[Path]:
     p = snakemake(d / "run", configfile=cfg, timeout=1500)
     assert p.returncode == 0, p.stderr[-4000:]
     yield d / "run"
-    _without_weights(d)
+    real_models.drop_weights(d)
 
 
 def test_llama3_shaped_model_with_numeric_csv_completions_goes_through(llama3_run, tiny_data):
