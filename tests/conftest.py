@@ -47,7 +47,7 @@ TINY_BENCH = dict(
 )
 
 # What the slow tests write at their peak (one real-model run: its GGUFs and merged weights, plus the
-# session's smaller runs): 3.0 GB, measured with a disk sampler over a whole `make test`; a GB of margin.
+# session's smaller runs): 2.7-3.0 GB, measured with a disk sampler over two whole `make test` runs.
 PEAK_DISK_GB = 4
 
 
