@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 
 from .gguf_types import planned_type, shape_fallback
-from .inputs import hf_tensors
+from .inputs import hf_dims, hf_tensors
 
 # A GPTQ checkpoint: 4-bit weights, and per group of 128 a 16-bit scale and a packed zero point
 GPTQ_BITS = 4 + (16 + 4) / 128
@@ -100,10 +100,10 @@ def _model_dir(m: dict, base_dir: Path) -> Path | None:
 def disk_warnings(cfg: dict, quants: dict[str, dict], base_dir: Path, workdir: Path) -> list[str]:
     """One line where the local and cached hub models' estimated outputs exceed the free space of the workdir's disk.
 
-    What is already under results/ counts as written (a rerun does not write it again).
+    What is already under results/ counts as written (a rerun does not write it again); it is walked only
+    when the estimate alone exceeds the free space, since every Snakemake start (each cluster job's too)
+    runs this check.
     """
-    from .inputs import hf_dims
-
     need, what = 0, []
     for m in cfg["models"]:
         if (d := _model_dir(m, base_dir)) is None:
@@ -117,9 +117,11 @@ def disk_warnings(cfg: dict, quants: dict[str, dict], base_dir: Path, workdir: P
             continue
         need += run_bytes(found, tied, weights, len(cfg["finetunes"]), quants, "hf-gptq4" in cfg["hf_variants"])
         what.append(f"{m['name']} ({sum(math.prod(s) for _, s in found) / 1e9:.2f} B parameters")
+    free = shutil.disk_usage(workdir).free
+    if need <= free:
+        return []
     results = workdir / "results"
     have = sum(f.stat().st_size for f in results.rglob("*") if f.is_file()) if results.is_dir() else 0
-    free = shutil.disk_usage(workdir).free
     if need - have <= free:
         return []
     return [
